@@ -1,0 +1,157 @@
+"""The CLI end to end on tiny synthetic data: real commands, real files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tinydiff_cli import __version__
+from tinydiff_cli.cli import app, normalize_argv
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, normalize_argv([str(a) for a in args]))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny run (8 steps = 1 epoch) shared by the sample tests."""
+    from conftest import TINY_PRESET, make_mnist
+
+    root = tmp_path_factory.mktemp("cli")
+    data = make_mnist(root / "data")
+    preset = root / "tiny.yaml"
+    preset.write_text(TINY_PRESET)
+    os.environ["TINYDIFF_OFFLINE"] = "1"
+    result = invoke("train", "--preset", preset, "--data-dir", data, "--out", root / "run", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return root / "run", result.output
+
+
+def tinydiff_command() -> list[str]:
+    """The installed console script when there is one (CI), else the module."""
+    script = Path(sys.executable).parent / "tinydiff"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tinydiff_cli"]
+
+
+def test_version_and_help_from_the_installed_command():
+    exe = tinydiff_command()
+    assert subprocess.run(exe + ["--version"], capture_output=True, text=True).stdout.strip() == f"tinydiff {__version__}"
+    help_text = subprocess.run(exe + ["--help"], capture_output=True, text=True).stdout
+    assert "train" in help_text and "sample" in help_text
+
+
+def test_presets_resolve_from_any_directory(tmp_path):
+    """`--preset unet-small` must work after a non-editable install, far from the source tree."""
+    result = subprocess.run(tinydiff_command() + ["train", "--preset", "unet-small", "--data-dir", str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "MNIST not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_writes_checkpoints_logs_and_grids(trained_run):
+    run, output = trained_run
+    assert "device: cpu" in output and "timesteps: 50" in output  # device and resolved config printed
+    meta = json.loads((run / "last.json").read_text())
+    assert meta["step"] == 8 and meta["epoch"] == 1
+    assert (run / "last.safetensors").stat().st_size > 0
+    assert (run / "ckpt_0000004.json").exists() and (run / "ckpt_0000008.json").exists()
+    assert "timesteps: 50" in (run / "config.yaml").read_text()
+    rows = (run / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,train_loss,eval_loss,lr,images_per_s,elapsed_s,fid,fid_n,class_acc"
+    assert len(rows) == 1 + 4 + 1  # 4 train rows (every 2 steps) and one eval row
+    assert rows[-1].split(",")[3] != ""  # eval loss at the end of the epoch
+    assert iio.imread(run / "loss.png").ndim == 3
+    grid = iio.imread(run / "samples" / "epoch_001.png")
+    assert grid.shape == ((1 * 30 + 2) * 2, (10 * 30 + 2) * 2)  # 1 row x 10 classes, 2x upscaled
+
+
+def test_sample_one_digit_writes_grid_and_npz(trained_run, tmp_path):
+    run, _ = trained_run
+    out, npz = tmp_path / "g.png", tmp_path / "s.npz"
+    result = invoke("sample", "--checkpoint", run, "--digit", "3", "--n", "9", "--ddim", "5", "--w", "1.0",
+                    "--out", out, "--npz", npz, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "images/s" in result.output
+    arrays = np.load(npz)
+    assert arrays["arr_0"].shape == (9, 28, 28, 1) and arrays["arr_0"].dtype == np.uint8
+    assert arrays["arr_1"].dtype == np.int64 and set(arrays["arr_1"]) == {3}
+    assert iio.imread(out).shape == ((3 * 30 + 2) * 2, (3 * 30 + 2) * 2)
+
+
+def test_sample_all_digits_ddpm_puts_one_class_per_column(trained_run, tmp_path):
+    run, _ = trained_run
+    npz = tmp_path / "s.npz"
+    result = invoke("sample", "--checkpoint", run / "last.json", "--n", "20", "--out", tmp_path / "g.png",
+                    "--npz", npz, "--device", "cpu", "--batch-size", "7")
+    assert result.exit_code == 0, result.output
+    assert "DDPM-50" in result.output
+    np.testing.assert_array_equal(np.load(npz)["arr_1"], np.arange(20) % 10)
+    assert iio.imread(tmp_path / "g.png").shape[1] == (10 * 30 + 2) * 2
+
+
+def test_sample_is_reproducible_with_a_seed(trained_run, tmp_path):
+    run, _ = trained_run
+    for name in ("a", "b"):
+        invoke("sample", "--checkpoint", run, "--n", "4", "--ddim", "3", "--eta", "1", "--seed", "7",
+               "--out", tmp_path / f"{name}.png", "--npz", tmp_path / f"{name}.npz", "--device", "cpu")
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--checkpoint", "{run}", "--digit", "12"], "--digit must be 0..9"),
+    (["sample", "--checkpoint", "{run}", "--ddim", "0"], "--ddim must be between 1 and"),
+    (["sample", "--checkpoint", "{tmp}/nothing"], "no checkpoint at"),
+    (["train", "--preset", "unet-huge"], "unknown preset 'unet-huge'"),
+    (["train", "--set", "train.bogus=1"], "unknown setting 'train.bogus'"),
+    (["train", "--data-dir", "{tmp}/empty", "--out", "{tmp}/r"], "MNIST not found in"),
+    (["train", "--out", "{run}"], "already holds a run"),
+    (["train", "--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_input_gives_one_clear_line_and_exit_2(trained_run, tmp_path, args, message):
+    run, _ = trained_run
+    args = [a.format(run=run, tmp=tmp_path) for a in args]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert (run / "last.json").exists()  # nothing written so far is lost
+
+
+def test_ctrl_c_saves_and_resume_continues(tiny_preset, data_dir, tmp_path):
+    out = tmp_path / "run"
+    base = tinydiff_command() + ["train", "--preset", str(tiny_preset), "--data-dir", str(data_dir),
+            "--out", str(out), "--device", "cpu", "--set", "train.sample_rows=0", "--set", "train.eval_images=0",
+            "--set", "train.log_every=1", "--epochs", "1000"]
+    proc = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        log = out / "loss.csv"
+        if log.exists() and len(log.read_text().splitlines()) > 5:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    stopped_at = json.loads((out / "last.json").read_text())["step"]
+    assert stopped_at >= 5
+    resumed = subprocess.run(base[:-2] + ["--resume", "--max-steps", str(stopped_at + 3)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at step {stopped_at}" in resumed.stdout
+    assert json.loads((out / "last.json").read_text())["step"] == stopped_at + 3
+
+
+def test_normalize_argv_gives_a_bare_resume_its_default():
+    assert normalize_argv(["train", "--resume"]) == ["train", "--resume", "last"]
+    assert normalize_argv(["train", "--resume", "--lr", "1"]) == ["train", "--resume", "last", "--lr", "1"]
+    assert normalize_argv(["train", "--resume", "runs/x"]) == ["train", "--resume", "runs/x"]

@@ -1,0 +1,84 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import synthetic_digits
+from tinydiff_cli.classifier import train_classifier
+from tinydiff_cli.cli import app
+from tinydiff_cli.data import Split
+from tinydiff_cli.metrics import class_histogram, fid_from_features, frechet_distance, gaussian_stats
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    features = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    assert fid_from_features(features, features) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_matches_closed_form_for_2d_gaussians():
+    """For 2x2 PSD matrices, tr sqrt(S1 S2) = sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2))."""
+    mu1, mu2 = torch.tensor([0.0, 1.0]), torch.tensor([2.0, -1.0])
+    s1 = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    s2 = torch.tensor([[1.0, -0.3], [-0.3, 3.0]], dtype=torch.float64)
+    trace_sqrt = math.sqrt((s1 @ s2).trace().item() + 2 * math.sqrt(torch.det(s1).item() * torch.det(s2).item()))
+    expected = 8.0 + s1.trace().item() + s2.trace().item() - 2 * trace_sqrt
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_of_isotropic_gaussians_and_sample_estimate():
+    d, a, b = 8, 4.0, 1.0
+    shift = torch.full((d,), 0.5)
+    expected = shift.pow(2).sum().item() + d * (math.sqrt(a) - math.sqrt(b)) ** 2
+    exact = frechet_distance(torch.zeros(d), a * torch.eye(d), shift, b * torch.eye(d))
+    assert exact == pytest.approx(expected, rel=1e-10)
+    g = torch.Generator().manual_seed(0)
+    x = math.sqrt(a) * torch.randn(200_000, d, generator=g)
+    y = shift + math.sqrt(b) * torch.randn(200_000, d, generator=g)
+    assert fid_from_features(x, y) == pytest.approx(expected, rel=0.02)
+    mu, cov = gaussian_stats(y)
+    assert cov.dtype == torch.float64 and mu[0].item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_class_histogram():
+    assert class_histogram(torch.tensor([0, 0, 1, 3]), 4) == [0.5, 0.25, 0.0, 0.25]
+
+
+def test_classifier_learns_separable_synthetic_data():
+    images, labels = synthetic_digits(2000, seed=0)
+    test_images, test_labels = synthetic_digits(500, seed=1)
+    train = Split(torch.from_numpy(images), torch.from_numpy(labels).long())
+    test = Split(torch.from_numpy(test_images), torch.from_numpy(test_labels).long())
+    model, accuracy = train_classifier(train, test, epochs=2, batch_size=64, log=lambda m: None)
+    assert accuracy >= 0.98
+    assert model.features(torch.zeros(3, 1, 28, 28)).shape == (3, 128)
+
+
+def test_eval_npz_end_to_end(data_dir, tmp_path):
+    """The test split scored as if it were samples: FID against itself is 0, accuracy is the classifier's."""
+    from tinydiff_cli.data import load_split
+
+    test = load_split("mnist", data_dir, train=False)
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, arr_0=test.images.numpy()[..., None], arr_1=test.labels.numpy())
+    result = CliRunner().invoke(app, ["eval", "--npz", str(npz), "--data-dir", str(data_dir), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    score = json.loads(result.stdout[result.stdout.index("{"):])
+    assert score["n"] == len(test)
+    assert score["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert score["class_accuracy"] == pytest.approx(score["classifier_test_accuracy"])
+    assert score["fid_real_floor"] > 0
+    assert len(score["class_histogram"]) == 10 and sum(score["class_histogram"]) == pytest.approx(1.0)
+    assert list(data_dir.glob("tinydiff-classifier-mnist-*.json"))  # cached beside the data
+
+    table = CliRunner().invoke(app, ["eval", "--npz", str(npz), "--data-dir", str(data_dir), "--device", "cpu"])
+    assert table.exit_code == 0 and "real-data floor" in table.output
+
+
+def test_eval_rejects_a_foreign_npz(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, arr_0=np.zeros((4, 32, 32, 3), dtype=np.uint8))
+    result = CliRunner().invoke(app, ["eval", "--npz", str(bad)])
+    assert result.exit_code == 2 and "must be uint8 images shaped" in result.output

@@ -1,0 +1,132 @@
+"""Checkpoints: tensors in safetensors, everything else in a JSON sidecar; nothing is pickled.
+
+    run/last.safetensors   model.*, ema.*, optim.* tensors and RNG states (rng.*)
+    run/last.json          config, step, elapsed time, optimizer hyper-parameters, data facts
+
+`last` always points at the newest state; `ckpt_<step>` copies are kept every train.checkpoint_every steps.
+Both files are written atomically, tensors first; the JSON names the step that the tensors hold, and a
+mismatch (a crash between the two writes) is reported rather than loaded.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import safe_open, save_file
+
+from .atomic import atomic_path, write_text_atomic
+from .config import Config, config_from_dict, config_to_dict
+from .errors import TinydiffError
+
+FORMAT = "tinydiff-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    meta: dict
+    tensors_path: Path
+    json_path: Path
+
+    @property
+    def config(self) -> Config:
+        return config_from_dict(self.meta["config"])
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    def tensors(self, prefix: str, device="cpu") -> dict[str, torch.Tensor]:
+        """The tensors stored under `prefix.` (e.g. "ema"), with the prefix removed."""
+        out = {}
+        with _open_tensors(self.tensors_path, device) as f:
+            for key in f.keys():
+                if key.startswith(prefix + "."):
+                    out[key[len(prefix) + 1:]] = f.get_tensor(key)
+        return out
+
+
+def _open_tensors(path: Path, device="cpu"):
+    try:
+        return safe_open(str(path), framework="pt", device=str(device))
+    except Exception as e:  # safetensors raises its own error types, OSError, or ValueError for foreign files
+        raise TinydiffError(f"{path} is not a readable safetensors file ({e}); re-run training or pick another checkpoint") from None
+
+
+def save_checkpoint(run_dir: Path, name: str, *, config: Config, step: int, tensors: dict[str, torch.Tensor],
+                    extra: dict) -> Path:
+    """Write run_dir/name.safetensors and run_dir/name.json atomically; returns the JSON path."""
+    run_dir = Path(run_dir)
+    tensors_path, json_path = run_dir / f"{name}.safetensors", run_dir / f"{name}.json"
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(tensors_path) as tmp:
+        save_file(contiguous, str(tmp), metadata={"format": FORMAT, "step": str(step)})
+    meta = {"format": FORMAT, "version": VERSION, "step": step, "tensors": tensors_path.name,
+            "config": config_to_dict(config), **extra}
+    write_text_atomic(json_path, json.dumps(meta, indent=2))
+    return json_path
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A run folder, a .json sidecar or a .safetensors file -> the JSON sidecar."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "last.json"
+    elif path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if not path.exists():
+        raise TinydiffError(f"no checkpoint at {path}; train one with `tinydiff train` or pass --checkpoint PATH")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    json_path = resolve_checkpoint_path(path)
+    try:
+        meta = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TinydiffError(f"{json_path} is not a tinydiff checkpoint (not valid JSON)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TinydiffError(f"{json_path} is not a tinydiff checkpoint (no '{FORMAT}' format tag)")
+    tensors_path = json_path.parent / meta.get("tensors", "")
+    if not tensors_path.is_file():
+        raise TinydiffError(f"{json_path} names {tensors_path.name}, which is missing; the run folder is incomplete")
+    with _open_tensors(tensors_path) as f:
+        stored_step = (f.metadata() or {}).get("step")
+    if stored_step != str(meta.get("step")):
+        raise TinydiffError(f"{tensors_path.name} holds step {stored_step} but {json_path.name} says {meta.get('step')}: "
+                            f"the run stopped while saving; use a ckpt_* checkpoint in {json_path.parent}")
+    ckpt = Checkpoint(meta, tensors_path, json_path)
+    try:
+        ckpt.config
+    except TinydiffError as e:
+        raise TinydiffError(f"{json_path} has an invalid config: {e}") from None
+    return ckpt
+
+
+def find_latest_checkpoint(root: str | Path = "runs") -> Path:
+    """The most recently written run/last.json under `root`."""
+    candidates = sorted(Path(root).rglob("last.json"), key=lambda p: p.stat().st_mtime) if Path(root).is_dir() else []
+    if not candidates:
+        raise TinydiffError(f"no checkpoint found under {Path(root).resolve()}; train one with "
+                            f"`tinydiff train --preset unet-small` or pass --checkpoint PATH")
+    return candidates[-1]
+
+
+def load_model(ckpt: Checkpoint, device="cpu", use_ema: bool = True):
+    """Rebuild the backbone from the checkpoint's config and load its EMA (or raw) weights, in eval mode."""
+    from .models import build_model
+
+    cfg = ckpt.config
+    data = ckpt.meta.get("data", {})
+    model = build_model(cfg.model, image_size=data.get("image_size", 28), in_channels=data.get("channels", 1),
+                        num_classes=data.get("num_classes", 10))
+    weights = ckpt.tensors("ema" if use_ema else "model")
+    if not weights:
+        raise TinydiffError(f"{ckpt.tensors_path} holds no {'ema' if use_ema else 'model'} weights")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise TinydiffError(f"{ckpt.tensors_path} does not match its config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval().requires_grad_(False)

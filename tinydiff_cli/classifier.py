@@ -1,0 +1,118 @@
+"""A small CNN classifier for 28x28 datasets: the feature space for FID and the judge of class accuracy.
+
+tinydiff trains it itself on the training split the first time it is needed (about a minute or two on a
+laptop CPU) and caches it beside the data, so no weights are ever downloaded. Its test accuracy travels
+with the weights and is reported with every score.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import atomic_path, write_text_atomic
+from .data import Split, default_data_dir, load_split, to_model_range
+
+FEATURE_DIM = 128
+CLASSIFIER_VERSION = 1  # bump when the architecture or recipe changes: scores are only comparable within one
+
+
+class Classifier(nn.Module):
+    """Three conv blocks (BatchNorm, ReLU, max-pool) and a 128-d penultimate layer."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+        self.body = nn.Sequential(block(1, 32), block(32, 64), block(64, 128), nn.Flatten())  # 28 -> 14 -> 7 -> 3
+        self.features_layer = nn.Sequential(nn.Linear(128 * 3 * 3, FEATURE_DIM), nn.ReLU())
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_layer(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class TrainedClassifier:
+    model: Classifier
+    test_accuracy: float
+    path: Path
+
+    @torch.no_grad()
+    def embed(self, images_uint8: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, 28, 28) -> (features float64 (N, 128), predicted classes (N,))."""
+        feats, preds = [], []
+        device = next(self.model.parameters()).device
+        for start in range(0, images_uint8.shape[0], batch_size):
+            x = to_model_range(images_uint8[start:start + batch_size].to(device))
+            f = self.model.features(x)
+            feats.append(f.double().cpu())
+            preds.append(self.model.head(f).argmax(1).cpu())
+        return torch.cat(feats), torch.cat(preds)
+
+
+def train_classifier(train: Split, test: Split, *, epochs: int = 2, batch_size: int = 128, lr: float = 2e-3,
+                     seed: int = 0, log=print) -> tuple[Classifier, float]:
+    """Adam with a one-cycle-like cosine decay; returns the model (eval mode) and its test accuracy."""
+    torch.manual_seed(seed)
+    model = Classifier()
+    steps = epochs * (len(train) // batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(train), generator=g)
+        for b in range(len(train) // batch_size):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            loss = F.cross_entropy(model(to_model_range(train.images[idx])), train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(to_model_range(test.images[i:i + 1000])).argmax(1) == test.labels[i:i + 1000]).sum().item()
+                      for i in range(0, len(test), 1000))
+    return model, correct / len(test)
+
+
+def classifier_path(dataset: str, data_dir: str | Path | None) -> Path:
+    """Beside the data when that folder is writable, else in ~/.cache/tinydiff/classifiers."""
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    name = f"tinydiff-classifier-{dataset}-v{CLASSIFIER_VERSION}.safetensors"
+    if root.is_dir() and os.access(root, os.W_OK):
+        return root / name
+    return Path.home() / ".cache" / "tinydiff" / "classifiers" / name
+
+
+def get_classifier(dataset: str, data_dir: str | Path | None, device="cpu", log=print) -> TrainedClassifier:
+    """Load the cached classifier for `dataset`, training and caching it first if there is none."""
+    path = classifier_path(dataset, data_dir)
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        model = Classifier()
+        model.load_state_dict(load_file(str(path)))
+        accuracy = json.loads(meta_path.read_text())["test_accuracy"]
+    else:
+        log(f"training the {dataset} classifier used for FID and class accuracy (once; cached at {path})")
+        train, test = load_split(dataset, data_dir, train=True), load_split(dataset, data_dir, train=False)
+        model, accuracy = train_classifier(train, test, log=log)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        write_text_atomic(meta_path, json.dumps({"dataset": dataset, "test_accuracy": accuracy,
+                                                 "version": CLASSIFIER_VERSION}, indent=2))
+        log(f"classifier test accuracy {accuracy:.4f}")
+    return TrainedClassifier(model.to(device).eval(), accuracy, path)

@@ -1,0 +1,91 @@
+"""`tinydiff eval`: sample from a checkpoint (or read an .npz) and score it."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.table import Table
+
+from ..checkpoint import find_latest_checkpoint, load_checkpoint, load_model
+from ..classifier import get_classifier
+from ..data import CLASS_NAMES, DATASETS, to_uint8
+from ..device import describe, pick_device
+from ..errors import TinydiffError
+from ..evaluation import Score, Scorer
+from ..sampling import labels_for, sample_images
+from ..schedules import make_schedule
+from ..ui import console, err_console
+from .sample import check_args, parse_digit
+
+
+def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    try:
+        arrays = np.load(path)
+        images = arrays["arr_0"]
+        labels = arrays["arr_1"] if "arr_1" in arrays.files else None
+    except (OSError, ValueError, KeyError) as e:
+        raise TinydiffError(f"{path} is not a sample .npz with arr_0 (and optional arr_1): {e}") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[1:3] != (28, 28):
+        raise TinydiffError(f"{path}: arr_0 must be uint8 images shaped (N, 28, 28[, 1]), got {images.dtype} {images.shape}")
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        raise TinydiffError(f"{path}: arr_1 has {labels.shape[0]} labels for {images.shape[0]} images")
+    return torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64))
+
+
+def sample_for_eval(ckpt, dev, digit, n, ddim, eta, w, seed, batch_size, out_console):
+    cfg = ckpt.config
+    num_classes = ckpt.meta.get("data", {}).get("num_classes", 10)
+    choice = parse_digit(digit, num_classes)
+    check_args(n, ddim, eta, cfg.diffusion.timesteps, batch_size)
+    model = load_model(ckpt, dev)
+    labels = labels_for(choice, n, num_classes)
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    sampler = f"DDIM-{ddim}" if ddim else f"DDPM-{cfg.diffusion.timesteps}"
+    out_console.print(f"sampling {n} images from {ckpt.json_path} (step {ckpt.step}) with {sampler}, w={w:g} "
+                      f"on {describe(dev)}")
+    start = time.perf_counter()
+    images = sample_images(model, schedule, cfg.diffusion.objective, labels, ddim_steps=ddim, eta=eta, w=w, seed=seed,
+                           batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    return to_uint8(images), labels, {"checkpoint": str(ckpt.json_path), "step": ckpt.step, "sampler": sampler,
+                                      "eta": eta, "w": w, "seed": seed, "sampling_seconds": round(seconds, 2)}
+
+
+def run_eval(checkpoint, npz, dataset, data_dir, digit, n, ddim, eta, w, seed, batch_size, device, as_json) -> Score:
+    out_console = err_console if as_json else console
+    dev = pick_device(device)
+    if npz is not None:
+        images, labels = read_npz(npz)
+        dataset = dataset or "mnist"
+        extra = {"npz": str(npz)}
+    else:
+        ckpt = load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
+        dataset = dataset or ckpt.config.data.dataset
+        data_dir = data_dir or ckpt.config.data.data_dir
+        images, labels, extra = sample_for_eval(ckpt, dev, digit, n, ddim, eta, w, seed, batch_size, out_console)
+    if dataset not in DATASETS:
+        raise TinydiffError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
+    classifier = get_classifier(dataset, data_dir, log=out_console.print)
+    score = Scorer(classifier, dataset, data_dir).score(images, labels)
+    score.extra = {"dataset": dataset, **extra}
+    if as_json:
+        print(json.dumps(score.to_dict(), indent=2))
+    else:
+        console.print(score_table(score, CLASS_NAMES[dataset]))
+    return score
+
+
+def score_table(score: Score, class_names: list[str]) -> Table:
+    table = Table(title=f"sample quality at N = {score.n} (compare only at equal N)", show_header=False)
+    table.add_row("FID (classifier features, vs test split)", f"{score.fid:.3f}")
+    table.add_row(f"real-data floor (N={score.n} train images)", f"{score.fid_real_floor:.3f}")
+    acc = "n/a (unconditional)" if score.class_accuracy is None else f"{score.class_accuracy:.2%}"
+    table.add_row("class accuracy of conditional samples", acc)
+    table.add_row("class histogram", "  ".join(f"{name}:{p:.0%}" for name, p in zip(class_names, score.class_histogram)))
+    table.add_row("classifier test accuracy", f"{score.classifier_test_accuracy:.2%}")
+    for key, value in score.extra.items():
+        table.add_row(key, str(value))
+    return table

@@ -1,0 +1,66 @@
+"""`tinydiff train`: resolve the config (preset or checkpoint, then overrides), build a Trainer, report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from rich.table import Table
+
+from ..checkpoint import load_checkpoint
+from ..config import apply_overrides, config_from_dict, config_to_dict, read_preset, validate
+from ..device import describe, pick_device
+from ..errors import TinydiffError
+from ..training import Trainer
+from ..ui import RichReporter, console, format_seconds
+
+
+def resolve_run(preset: str, overrides: list[str], out: Path | None, resume: str | None):
+    """-> (config, run folder, checkpoint to resume or None)."""
+    if resume is None:
+        values = read_preset(preset)
+        run_dir = out or Path("runs") / values["preset"]
+        if (run_dir / "last.json").exists():
+            raise TinydiffError(f"{run_dir} already holds a run; continue it with --resume, or pass --out DIR for a new one")
+        return validate(config_from_dict(apply_overrides(values, overrides))), run_dir, None
+    if resume == "last":
+        resume_path = out or Path("runs") / read_preset(preset)["preset"]
+    else:
+        resume_path = Path(resume)
+    ckpt = load_checkpoint(resume_path)
+    cfg = validate(config_from_dict(apply_overrides(ckpt.meta["config"], overrides)))
+    return cfg, out or ckpt.json_path.parent, ckpt
+
+
+def run_train(preset: str, overrides: list[str], out: Path | None, device: str, resume: str | None) -> int:
+    cfg, run_dir, ckpt = resolve_run(preset, overrides, out, resume)
+    dev = pick_device(device)
+    console.print(f"[bold]device:[/] {describe(dev)}")
+    console.print("[bold]config:[/]")
+    console.print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(), highlight=False)
+    reporter = RichReporter()
+    trainer = Trainer(cfg, run_dir, dev, reporter)
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+        console.print(f"resuming from {ckpt.json_path} at step {trainer.step}")
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    console.print(f"model: {cfg.model.type}, {n_params / 1e6:.2f}M parameters; {len(trainer.train_split)} training images, "
+                  f"{trainer.steps_per_epoch} steps per epoch; run folder {run_dir}")
+    result = trainer.run()
+    _print_summary(result, run_dir)
+    if result.stop_reason == "interrupted":
+        console.print(f"interrupted at step {result.step}; continue with: tinydiff train --resume {result.checkpoint}")
+        return 130
+    return 0
+
+
+def _print_summary(result, run_dir: Path) -> None:
+    table = Table(title="training finished", show_header=False)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = [("stopped because", result.stop_reason), ("step", str(result.step)),
+            ("train loss (last window)", fmt(result.train_loss)), ("eval loss (test split, EMA)", fmt(result.eval_loss)),
+            ("images/s (training)", f"{result.images_per_s:.0f}"), ("elapsed", format_seconds(result.elapsed_s)),
+            ("checkpoint", str(result.checkpoint)), ("samples", str(run_dir / "samples")),
+            ("loss history", f"{run_dir / 'loss.csv'}, {run_dir / 'loss.png'}")]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)

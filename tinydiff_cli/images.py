@@ -1,0 +1,62 @@
+"""Writing what a person looks at: sample grids and the loss curve."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import imageio.v3 as iio
+import torch
+
+from .atomic import atomic_path
+
+
+def grid_array(images: torch.Tensor, ncols: int, scale: int = 1, padding: int = 2) -> torch.Tensor:
+    """float (B, 1, H, W) in [-1, 1] -> uint8 (rows*(H+p)+p, cols*(W+p)+p) with image i at row i // ncols."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=ncols, padding=padding, pad_value=0.5)
+    grid = (grid[0] * 255).round().to(torch.uint8)
+    if scale > 1:  # nearest-neighbour, so pixels stay crisp
+        grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, ncols: int, scale: int = 2) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, grid_array(images, ncols, scale).numpy(), extension=".png")
+    return path
+
+
+def save_loss_plot(csv_path: str | Path, png_path: str | Path) -> Path | None:
+    """Train loss (per logging window) and eval loss against step, log scale; None if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = [], []
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["train_loss"]:
+                train.append((int(row["step"]), float(row["train_loss"])))
+            if row["eval_loss"]:
+                evals.append((int(row["step"]), float(row["eval_loss"])))
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss (test split, EMA)", lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("weighted MSE")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return png_path
