@@ -93,9 +93,14 @@ def classifier_path(dataset: str, data_dir: str | Path | None) -> Path:
     """Beside the data when that folder is writable, else in ~/.cache/tinydiff/classifiers."""
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     name = f"tinydiff-classifier-{dataset}-v{CLASSIFIER_VERSION}.safetensors"
-    if root.is_dir() and os.access(root, os.W_OK):
+    if root.is_dir() and _writable(root):
         return root / name
     return Path.home() / ".cache" / "tinydiff" / "classifiers" / name
+
+
+def _writable(folder: Path) -> bool:
+    """Writable for us, and not marked read-only (root passes os.access even on a folder without write bits)."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o200)
 
 
 def get_classifier(dataset: str, data_dir: str | Path | None, device="cpu", log=print) -> TrainedClassifier:
