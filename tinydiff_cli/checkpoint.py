@@ -21,6 +21,7 @@ from .config import Config, config_from_dict, config_to_dict
 from .errors import TinydiffError
 
 FORMAT = "tinydiff-checkpoint"
+MODEL_FORMAT = "tinydiff-model"  # `tinydiff export`: EMA weights with config and data facts in the metadata
 VERSION = 1
 
 
@@ -70,19 +71,45 @@ def save_checkpoint(run_dir: Path, name: str, *, config: Config, step: int, tens
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A run folder, a .json sidecar or a .safetensors file -> the JSON sidecar."""
+    """A run folder, a .json sidecar or a .safetensors file -> the file to read (the sidecar for training
+    checkpoints, the .safetensors itself for an exported model)."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "last.json"
-    elif path.suffix == ".safetensors":
+    elif path.suffix == ".safetensors" and path.with_suffix(".json").exists():
         path = path.with_suffix(".json")
     if not path.exists():
         raise TinydiffError(f"no checkpoint at {path}; train one with `tinydiff train` or pass --checkpoint PATH")
     return path
 
 
+def _load_exported(path: Path) -> Checkpoint:
+    with _open_tensors(path) as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != MODEL_FORMAT:
+        raise TinydiffError(f"{path} is a safetensors file but not a tinydiff model (no '{MODEL_FORMAT}' metadata) "
+                            f"and has no .json sidecar beside it")
+    try:
+        meta = {"format": MODEL_FORMAT, "step": int(metadata["step"]), "config": json.loads(metadata["config"]),
+                "data": json.loads(metadata.get("data", "{}"))}
+    except (KeyError, ValueError):
+        raise TinydiffError(f"{path} has damaged tinydiff metadata; export it again") from None
+    return Checkpoint(meta, path, path)
+
+
+def _validated(ckpt: Checkpoint) -> Checkpoint:
+    try:
+        ckpt.config
+    except TinydiffError as e:
+        raise TinydiffError(f"{ckpt.json_path} has an invalid config: {e}") from None
+    return ckpt
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A training checkpoint (run folder, .json or its .safetensors) or an exported .safetensors model."""
     json_path = resolve_checkpoint_path(path)
+    if json_path.suffix == ".safetensors":
+        return _validated(_load_exported(json_path))
     try:
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -97,12 +124,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if stored_step != str(meta.get("step")):
         raise TinydiffError(f"{tensors_path.name} holds step {stored_step} but {json_path.name} says {meta.get('step')}: "
                             f"the run stopped while saving; use a ckpt_* checkpoint in {json_path.parent}")
-    ckpt = Checkpoint(meta, tensors_path, json_path)
-    try:
-        ckpt.config
-    except TinydiffError as e:
-        raise TinydiffError(f"{json_path} has an invalid config: {e}") from None
-    return ckpt
+    return _validated(Checkpoint(meta, tensors_path, json_path))
 
 
 def find_latest_checkpoint(root: str | Path = "runs") -> Path:

@@ -86,7 +86,7 @@ def sample(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Grid PNG to write.")] = Path("samples.png"),
     npz: Annotated[Optional[Path], typer.Option(help="Also write arr_0 (N,28,28,1) uint8 images and arr_1 int64 labels.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward batch.")] = 500,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
     raw_weights: Annotated[bool, typer.Option("--raw-weights", help="Use the raw training weights instead of the EMA weights.")] = False,
 ):
@@ -110,7 +110,7 @@ def eval_(
     eta: Annotated[float, typer.Option(help="DDIM eta in [0, 1].")] = 0.0,
     w: Annotated[float, typer.Option(help=GUIDANCE_HELP)] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per forward batch.")] = 500,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on stdout (progress goes to stderr).")] = False,
 ):
@@ -119,6 +119,95 @@ def eval_(
 
     run_eval(checkpoint=checkpoint, npz=npz, dataset=dataset, data_dir=data_dir, digit=digit, n=n, ddim=ddim, eta=eta,
              w=w, seed=seed, batch_size=batch_size, device=device, as_json=as_json)
+
+
+visualize_app = typer.Typer(no_args_is_help=True, help="Pictures of what diffusion does: forward noising, schedules, the reverse process.")
+app.add_typer(visualize_app, name="visualize")
+
+
+@visualize_app.command("forward")
+@user_errors
+def visualize_forward(
+    dataset: Annotated[str, typer.Option(help="mnist or fashion-mnist.")] = "mnist",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc.")] = None,
+    n: Annotated[int, typer.Option(help="Number of test images (rows).")] = 6,
+    schedule: Annotated[str, typer.Option(help="linear, cosine or sigmoid.")] = "linear",
+    timesteps: Annotated[str, typer.Option(help="Comma-separated t values for the columns (T = 1000).")] = "0,50,100,200,400,600,800,999",
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("forward.png"),
+):
+    """Real images (rows) noised by q(x_t | x_0) at several t (labelled columns), as one PNG."""
+    from .commands.visualize import run_forward
+
+    run_forward(dataset, data_dir, n, schedule, timesteps, seed, out)
+
+
+@visualize_app.command("schedule")
+@user_errors
+def visualize_schedule(
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("schedules.png"),
+    T: Annotated[int, typer.Option("--T", help="Number of diffusion steps.")] = 1000,
+):
+    """alpha_bar_t and log-SNR over t for the linear, cosine and sigmoid schedules, on one labelled chart."""
+    from .commands.visualize import run_schedule
+
+    run_schedule(out, T)
+
+
+@visualize_app.command("denoise")
+@user_errors
+def visualize_denoise(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint or run folder. \\[default: newest under runs/]")] = None,
+    digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none' (unconditional).")] = "3",
+    n: Annotated[int, typer.Option(help="Number of samples shown (at most 16).")] = 1,
+    ddim: Annotated[Optional[int], typer.Option(help="DDIM steps; absent: DDPM over all T steps.")] = None,
+    eta: Annotated[float, typer.Option(help="DDIM eta in [0, 1].")] = 0.0,
+    w: Annotated[float, typer.Option(help=GUIDANCE_HELP)] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output name: writes NAME.gif (animation) and NAME.png (strip of frames).")] = Path("denoise"),
+    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+):
+    """The reverse process as an animated GIF and a PNG strip: x_t beside the model's predicted x_0."""
+    from .commands.visualize import run_denoise
+
+    run_denoise(checkpoint, digit, n, ddim, eta, w, seed, out, device)
+
+
+@app.command()
+@user_errors
+def compare(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint or run folder. \\[default: newest under runs/]")] = None,
+    steps: Annotated[str, typer.Option(help="Comma-separated DDIM step counts to compare against DDPM.")] = "10,50,100",
+    n: Annotated[int, typer.Option(help="Samples per sampler (FID depends on N: compare at equal N).")] = 50,
+    digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none'.")] = "all",
+    w: Annotated[float, typer.Option(help=GUIDANCE_HELP)] = 1.0,
+    eta: Annotated[float, typer.Option(help="DDIM eta in [0, 1].")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed: every sampler starts from the same noise.")] = 0,
+    show: Annotated[int, typer.Option(help="Rows of the side-by-side grid.")] = 10,
+    out: Annotated[Path, typer.Option(help="Side-by-side PNG to write.")] = Path("compare.png"),
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Score each sampler with FID and class accuracy.")] = True,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder for the scores. \\[default: the checkpoint's]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward batch.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+):
+    """DDPM (all T steps) against DDIM at several step counts: time, speed-up, FID and class accuracy."""
+    from .commands.compare import run_compare
+
+    run_compare(checkpoint, steps, n, digit, w, eta, seed, show, out, evaluate, data_dir, batch_size, device, as_json)
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint or run folder. \\[default: newest under runs/]")] = None,
+    format: Annotated[str, typer.Option("--format", help="safetensors (EMA weights + config), onnx or pt2 (torch.export).")] = "safetensors",
+    out: Annotated[Optional[Path], typer.Option(help="File to write. \\[default: <preset>-step<N>.<format>]")] = None,
+):
+    """Export the EMA denoiser: a self-contained safetensors file, ONNX (checked with onnxruntime) or torch.export."""
+    from .commands.export import run_export
+
+    run_export(checkpoint, format, out)
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

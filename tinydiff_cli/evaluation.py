@@ -38,15 +38,15 @@ class Scorer:
         self.test: Split = load_split(dataset, data_dir, train=False)
         self.train: Split = load_split(dataset, data_dir, train=True)
         self.test_features, _ = classifier.embed(self.test.images)
-        self._floors: dict[int, float] = {}
+        self._floors: dict[tuple[int, int], float] = {}
 
     def real_floor(self, n: int, seed: int = 0) -> float:
         """FID of n random training images against the test split: the best a perfect generator could get at n."""
-        if n not in self._floors:
+        if (n, seed) not in self._floors:
             idx = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))[:n]
             features, _ = self.classifier.embed(self.train.images[idx])
-            self._floors[n] = fid_from_features(features, self.test_features)
-        return self._floors[n]
+            self._floors[n, seed] = fid_from_features(features, self.test_features)
+        return self._floors[n, seed]
 
     def score(self, images_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> Score:
         """images: uint8 (N, 28, 28) or (N, 28, 28, 1); labels: int64 (N,), the null class for unconditional ones."""

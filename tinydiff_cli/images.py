@@ -60,3 +60,30 @@ def save_loss_plot(csv_path: str | Path, png_path: str | Path) -> Path | None:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return png_path
+
+
+def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """float (..., H, W) -> (..., H*scale, W*scale), nearest neighbour."""
+    return images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+
+def trajectory_frames(x: torch.Tensor, x0: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """Animation frames: per step, each sample's x_t (left) and predicted x_0 (right), samples stacked.
+
+    x, x0: (F, N, 1, H, W) float in [-1, 1] -> uint8 (F, (N*(H+1)-1)*scale, (2W+1)*scale), white gaps."""
+    frames, n, _, h, w = x.shape
+    canvas = torch.ones(frames, n * (h + 1) - 1, 2 * w + 1)
+    for i in range(n):  # a handful of samples; each assignment covers every frame at once
+        rows = slice(i * (h + 1), i * (h + 1) + h)
+        canvas[:, rows, :w] = x[:, i, 0]
+        canvas[:, rows, w + 1:] = x0[:, i, 0]
+    return ((upscale(canvas, scale).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_gif(frames: torch.Tensor, path: str | Path, seconds_per_frame: float = 0.08, hold_last: int = 15) -> Path:
+    """uint8 (F, H, W) -> looping GIF; the last frame is held so the result can be seen."""
+    frames = torch.cat([frames, frames[-1:].expand(hold_last, *frames.shape[1:])])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, frames.numpy(), extension=".gif", duration=int(seconds_per_frame * 1000), loop=0)
+    return path

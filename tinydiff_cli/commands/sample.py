@@ -14,7 +14,7 @@ from ..data import to_uint8
 from ..device import describe, pick_device
 from ..errors import TinydiffError
 from ..images import save_grid
-from ..sampling import labels_for, sample_images
+from ..sampling import default_batch_size, labels_for, sample_images
 from ..schedules import make_schedule
 from ..ui import console
 
@@ -28,7 +28,7 @@ def parse_digit(digit: str, num_classes: int) -> str | int | None:
 
 
 def check_args(n: int, ddim: int | None, eta: float, T: int, batch_size: int) -> None:
-    if n < 1 or batch_size < 1:
+    if n < 1 or (batch_size is not None and batch_size < 1):
         raise TinydiffError("--n and --batch-size must be at least 1")
     if ddim is not None and not 1 <= ddim <= T:
         raise TinydiffError(f"--ddim must be between 1 and the model's T={T}, got {ddim}")
@@ -51,6 +51,7 @@ def run_sample(checkpoint, digit, n, ddim, eta, w, seed, out: Path, npz: Path | 
                   f"{sampler}, w={w:g}, device {describe(dev)}")
 
     steps = ddim or cfg.diffusion.timesteps
+    batch_size = batch_size or default_batch_size(dev)
     with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("sample", total=math.ceil(n / batch_size) * steps)
         start = time.perf_counter()

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import FORMAT, load_checkpoint
 from ..config import apply_overrides, config_from_dict, config_to_dict, read_preset, validate
 from ..device import describe, pick_device
 from ..errors import TinydiffError
@@ -27,6 +27,9 @@ def resolve_run(preset: str, overrides: list[str], out: Path | None, resume: str
     else:
         resume_path = Path(resume)
     ckpt = load_checkpoint(resume_path)
+    if ckpt.meta["format"] != FORMAT:
+        raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
+                            f"checkpoint such as runs/<name>/last.json")
     cfg = validate(config_from_dict(apply_overrides(ckpt.meta["config"], overrides)))
     return cfg, out or ckpt.json_path.parent, ckpt
 

@@ -1,0 +1,125 @@
+"""visualize, compare and export end to end on a tiny trained model."""
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tinydiff_cli.checkpoint import load_checkpoint, load_model
+from tinydiff_cli.cli import app
+from tinydiff_cli.export import example_inputs
+from tinydiff_cli.samplers import ddim_timesteps
+from tinydiff_cli.sampling import denoise_trajectory, labels_for, sample_images
+from tinydiff_cli.schedules import make_schedule
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import TINY_PRESET, make_mnist
+    import os
+
+    os.environ["TINYDIFF_OFFLINE"] = "1"
+    root = tmp_path_factory.mktemp("vce")
+    data = make_mnist(root / "data")
+    (root / "tiny.yaml").write_text(TINY_PRESET)
+    invoke("train", "--preset", root / "tiny.yaml", "--data-dir", data, "--out", root / "run", "--device", "cpu",
+           "--set", "train.sample_rows=0")
+    return root / "run"
+
+
+def test_visualize_forward_png(data_dir, tmp_path):
+    out = tmp_path / "forward.png"
+    invoke("visualize", "forward", "--data-dir", data_dir, "--n", "3", "--schedule", "cosine", "--out", out)
+    assert iio.imread(out).shape[:2] == (330, 780)  # 3 rows x 8 labelled columns at 0.9 in per cell, 100 dpi
+
+
+def test_visualize_schedule_png(tmp_path):
+    out = tmp_path / "s.png"
+    invoke("visualize", "schedule", "--out", out)
+    assert iio.imread(out).shape[:2] == (400, 1000)
+
+
+def test_visualize_denoise_gif_and_strip(run_dir, tmp_path):
+    result = invoke("visualize", "denoise", "--checkpoint", run_dir, "--digit", "4", "--n", "2", "--ddim", "5",
+                    "--out", tmp_path / "den")
+    frames = iio.imread(tmp_path / "den.gif", index=None)
+    assert frames.shape[0] == 5 + 1  # one frame per step, then the result (held, merged by the GIF writer)
+    assert frames.shape[1:3] == ((2 * 29 - 1) * 4, 57 * 4)  # 2 samples stacked; x_t | x_0 side by side, 4x
+    assert iio.imread(tmp_path / "den.png").ndim == 3
+    assert "6 frames" in result.output
+
+
+def test_trajectory_ends_on_the_same_image_as_sample(run_dir):
+    ckpt = load_checkpoint(run_dir)
+    model, cfg = load_model(ckpt), ckpt.config
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    labels = labels_for(7, 3)
+    traj = denoise_trajectory(model, schedule, "eps", labels, ddim_steps=4, w=2.0, seed=11)
+    assert traj.x.shape == (5, 3, 1, 28, 28) and traj.x0.shape == (4, 3, 1, 28, 28)
+    assert traj.timesteps == ddim_timesteps(50, 4)
+    assert traj.alpha_bar[0] == pytest.approx(schedule.alpha_bar[49].item())
+    final = sample_images(model, schedule, "eps", labels, ddim_steps=4, w=2.0, seed=11)
+    torch.testing.assert_close(traj.x[-1], final)
+
+
+def test_compare_json_and_grid(run_dir, tmp_path):
+    result = invoke("compare", "--checkpoint", run_dir, "--steps", "2,5", "--n", "6", "--show", "4",
+                    "--out", tmp_path / "c.png", "--json", "--device", "cpu")
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    names = [row["sampler"] for row in report["samplers"]]
+    assert names == ["DDPM-50", "DDIM-2", "DDIM-5"]
+    assert report["samplers"][0]["speedup_vs_ddpm"] == 1.0
+    assert all(row["fid"] >= 0 and 0 <= row["class_accuracy"] <= 1 for row in report["samplers"])
+    assert iio.imread(tmp_path / "c.png").shape[:2] == (420, 330)  # 4 rows x 3 sampler columns
+
+    table = invoke("compare", "--checkpoint", run_dir, "--steps", "3", "--n", "4", "--no-eval",
+                   "--out", tmp_path / "d.png", "--device", "cpu")
+    assert "DDIM-3" in table.output and "speed-up" in table.output
+
+
+def test_export_safetensors_samples_like_the_checkpoint(run_dir, tmp_path):
+    out = tmp_path / "model.safetensors"
+    invoke("export", "--checkpoint", run_dir, "--out", out)
+    for source, name in ((run_dir, "a"), (out, "b")):
+        invoke("sample", "--checkpoint", source, "--n", "5", "--ddim", "3", "--seed", "3",
+               "--out", tmp_path / f"{name}.png", "--npz", tmp_path / f"{name}.npz", "--device", "cpu")
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+    result = runner.invoke(app, ["train", "--resume", str(out)])
+    assert result.exit_code == 2 and "exported model" in result.output
+
+
+def test_export_pt2_matches_pytorch(run_dir, tmp_path):
+    out = tmp_path / "model.pt2"
+    result = invoke("export", "--checkpoint", run_dir, "--format", "pt2", "--out", out)
+    assert "max abs error" in result.output
+    model = load_model(load_checkpoint(run_dir))
+    x, t, labels = example_inputs(7, seed=5)  # another batch size than the export's
+    reloaded = torch.export.load(str(out)).module()
+    torch.testing.assert_close(reloaded(x, t, labels), model(x, t, labels), atol=1e-4, rtol=0)
+
+
+def test_export_onnx_matches_pytorch(run_dir, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")  # .ci/run installs the onnx extra, so CI runs this
+    out = tmp_path / "model.onnx"
+    result = invoke("export", "--checkpoint", run_dir, "--format", "onnx", "--out", out)
+    assert "onnxruntime vs PyTorch" in result.output
+    model = load_model(load_checkpoint(run_dir))
+    x, t, labels = example_inputs(3, seed=9)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x_t": x.numpy(), "t": t.numpy(), "labels": labels.numpy()})
+    np.testing.assert_allclose(got, model(x, t, labels).detach().numpy(), atol=1e-4, rtol=0)
+
+
+def test_bad_export_format(run_dir):
+    result = runner.invoke(app, ["export", "--checkpoint", str(run_dir), "--format", "tflite"])
+    assert result.exit_code == 2 and "choose one of safetensors, onnx, pt2" in result.output

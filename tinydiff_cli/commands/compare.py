@@ -1,0 +1,87 @@
+"""`tinydiff compare`: DDPM against DDIM step counts, side by side."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from ..checkpoint import find_latest_checkpoint, load_checkpoint, load_model
+from ..classifier import get_classifier
+from ..compare import compare_samplers, speedup
+from ..device import describe, pick_device
+from ..errors import TinydiffError
+from ..evaluation import Scorer
+from ..figures import image_table
+from ..sampling import labels_for
+from ..schedules import make_schedule
+from ..ui import console, err_console
+from .sample import parse_digit
+
+
+def parse_steps(text: str, T: int) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise TinydiffError(f"--steps must be comma-separated integers like 10,50,100, got '{text}'") from None
+    if not steps or any(not 1 <= s <= T for s in steps):
+        raise TinydiffError(f"--steps must lie in 1..{T} (the model's T), got '{text}'")
+    return steps
+
+
+def run_compare(checkpoint, steps: str, n: int, digit: str, w: float, eta: float, seed: int, show: int, out: Path,
+                evaluate: bool, data_dir, batch_size, device: str, as_json: bool) -> None:
+    log = err_console if as_json else console
+    ckpt = load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
+    cfg = ckpt.config
+    num_classes = ckpt.meta.get("data", {}).get("num_classes", 10)
+    step_counts = parse_steps(steps, cfg.diffusion.timesteps)
+    if n < 2:
+        raise TinydiffError("--n must be at least 2")
+    labels = labels_for(parse_digit(digit, num_classes), n, num_classes)
+    dev = pick_device(device)
+    model = load_model(ckpt, dev)
+    scorer = None
+    if evaluate:
+        data_dir = data_dir or cfg.data.data_dir
+        scorer = Scorer(get_classifier(cfg.data.dataset, data_dir, log=log.print), cfg.data.dataset, data_dir, num_classes)
+    log.print(f"comparing samplers on {n} images from {ckpt.json_path} (step {ckpt.step}), w={w:g}, {describe(dev)}")
+    runs = compare_samplers(model, make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps),
+                            cfg.diffusion.objective, labels, step_counts, w=w, eta=eta, seed=seed,
+                            batch_size=batch_size, scorer=scorer, on_start=lambda name: log.print(f"  sampling {name} ..."))
+    rows = min(show, n)
+    image_table([(f"{r.name}\n{r.seconds_per_image * 1000:.0f} ms/img", r.images[:rows]) for r in runs], out,
+                row_labels=[str(int(lbl)) if lbl < num_classes else "-" for lbl in labels[:rows]],
+                title=f"same noise and labels, w={w:g}")
+    results = [run_summary(r, runs[0]) for r in runs]
+    if as_json:
+        print(json.dumps({"n": n, "w": w, "eta": eta, "seed": seed, "checkpoint": str(ckpt.json_path),
+                          "grid": str(out), "samplers": results}, indent=2))
+        return
+    console.print(results_table(results, n))
+    console.print(f"grid -> {out}")
+
+
+def run_summary(run, baseline) -> dict:
+    summary = {"sampler": run.name, "model_steps": run.model_steps, "seconds": round(run.seconds, 3),
+               "ms_per_image": round(run.seconds_per_image * 1000, 2), "speedup_vs_ddpm": round(speedup(run, baseline), 1)}
+    if run.score is not None:
+        summary.update(fid=round(run.score.fid, 3), fid_real_floor=round(run.score.fid_real_floor, 3),
+                       class_accuracy=run.score.class_accuracy)
+    return summary
+
+
+def results_table(results: list[dict], n: int) -> Table:
+    scored = "fid" in results[0]
+    table = Table(title=f"DDPM vs DDIM, N = {n}" + (" (FID only comparable at equal N)" if scored else ""))
+    for column in ["sampler", "wall time", "per image", "speed-up"] + (["FID", "class acc."] if scored else []):
+        table.add_column(column, justify="left" if column == "sampler" else "right")
+    for r in results:
+        cells = [r["sampler"], f"{r['seconds']:.2f} s", f"{r['ms_per_image']:.1f} ms", f"{r['speedup_vs_ddpm']:.1f}x"]
+        if scored:
+            acc = "n/a" if r["class_accuracy"] is None else f"{r['class_accuracy']:.1%}"
+            cells += [f"{r['fid']:.2f}", acc]
+        table.add_row(*cells)
+    if scored:
+        table.caption = f"real-data floor at N={n}: {results[0]['fid_real_floor']:.2f}"
+    return table
