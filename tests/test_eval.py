@@ -82,3 +82,17 @@ def test_eval_rejects_a_foreign_npz(tmp_path):
     np.savez(bad, arr_0=np.zeros((4, 32, 32, 3), dtype=np.uint8))
     result = CliRunner().invoke(app, ["eval", "--npz", str(bad)])
     assert result.exit_code == 2 and "must be uint8 images shaped" in result.output
+
+
+def test_train_eval_every_logs_fid_and_accuracy(tiny_preset, data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--preset", str(tiny_preset), "--data-dir", str(data_dir), "--out", str(out),
+                                      "--device", "cpu", "--eval-every", "4", "--set", "train.eval_samples=20",
+                                      "--set", "train.sample_rows=0"])
+    assert result.exit_code == 0, result.output
+    assert "step 4: FID@20" in result.output and "class accuracy" in result.output
+    rows = [line.split(",") for line in (out / "loss.csv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    scored = [dict(zip(header, r)) for r in rows if r[header.index("fid")]]
+    assert [r["step"] for r in scored] == ["4", "8"]
+    assert all(r["fid_n"] == "20" and 0 <= float(r["class_acc"]) <= 1 and float(r["fid"]) >= 0 for r in scored)

@@ -20,14 +20,22 @@ from .errors import TinydiffError
 
 @dataclass
 class ModelConfig:
-    type: Literal["unet"] = "unet"
+    """Settings of both backbones; each reads its own (the shared ones are type, dropout, heads)."""
+
+    type: Literal["unet", "dit"] = "unet"
+    dropout: float = 0.0
+    heads: int = 4
+    # unet
     base_channels: int = 32
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
     num_res_blocks: int = 1
     attn_resolutions: list[int] = field(default_factory=lambda: [7])
-    dropout: float = 0.0
     groups: int = 8
-    heads: int = 4
+    # dit
+    patch_size: int = 4
+    hidden_size: int = 128
+    depth: int = 6
+    mlp_ratio: float = 4.0
 
 
 @dataclass
@@ -184,17 +192,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 def validate(cfg: Config, image_size: int = 28) -> Config:
     """Range and consistency checks; every problem is one clear TinydiffError."""
     m, d, t = cfg.model, cfg.diffusion, cfg.train
-    checks = [
-        (m.base_channels > 0 and m.base_channels % m.groups == 0,
-         f"model.base_channels ({m.base_channels}) must be a positive multiple of model.groups ({m.groups})"),
-        (len(m.channel_mults) >= 1 and all(c > 0 for c in m.channel_mults), "model.channel_mults must be positive integers"),
-        (image_size % 2 ** (len(m.channel_mults) - 1) == 0,
-         f"model.channel_mults has {len(m.channel_mults)} levels, but {image_size}x{image_size} images halve cleanly only "
-         f"{_halvings(image_size)} times; use at most {_halvings(image_size) + 1} levels"),
-        (m.num_res_blocks >= 1, "model.num_res_blocks must be at least 1"),
+    checks = model_checks(m, image_size) + [
         (0 <= m.dropout < 1, "model.dropout must be in [0, 1)"),
-        (m.heads >= 1 and all((m.base_channels * c) % m.heads == 0 for c in m.channel_mults),
-         "model.heads must divide the channel count of every level"),
         (d.timesteps >= 20 if d.schedule == "linear" else d.timesteps >= 2,
          "diffusion.timesteps must be at least 20 for the linear schedule (its betas scale with 1000/T) and 2 otherwise"),
         (d.min_snr_gamma >= 0, "diffusion.min_snr_gamma must be >= 0 (0 turns it off)"),
@@ -216,6 +215,30 @@ def validate(cfg: Config, image_size: int = 28) -> Config:
         if not ok:
             raise TinydiffError(message)
     return cfg
+
+
+def model_checks(m: ModelConfig, image_size: int) -> list[tuple[bool, str]]:
+    """(condition, message) pairs for the settings the chosen backbone reads."""
+    if m.type == "dit":
+        return [
+            (m.patch_size >= 1 and image_size % m.patch_size == 0,
+             f"model.patch_size must divide the image size {image_size} (2, 4, 7 or 14 for 28x28), got {m.patch_size}"),
+            (m.hidden_size > 0 and m.hidden_size % 4 == 0, "model.hidden_size must be a positive multiple of 4"),
+            (m.heads >= 1 and m.hidden_size % m.heads == 0, f"model.heads must divide model.hidden_size ({m.hidden_size})"),
+            (m.depth >= 1, "model.depth must be at least 1"),
+            (m.mlp_ratio > 0, "model.mlp_ratio must be positive"),
+        ]
+    return [
+        (m.groups >= 1 and m.base_channels > 0 and m.base_channels % m.groups == 0,
+         f"model.base_channels ({m.base_channels}) must be a positive multiple of model.groups ({m.groups})"),
+        (len(m.channel_mults) >= 1 and all(c > 0 for c in m.channel_mults), "model.channel_mults must be positive integers"),
+        (image_size % 2 ** (len(m.channel_mults) - 1) == 0,
+         f"model.channel_mults has {len(m.channel_mults)} levels, but {image_size}x{image_size} images halve cleanly only "
+         f"{_halvings(image_size)} times; use at most {_halvings(image_size) + 1} levels"),
+        (m.num_res_blocks >= 1, "model.num_res_blocks must be at least 1"),
+        (m.heads >= 1 and all((m.base_channels * c) % m.heads == 0 for c in m.channel_mults),
+         "model.heads must divide the channel count of every level"),
+    ]
 
 
 def _halvings(n: int) -> int:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from .dit import DiT
 from .unet import UNet
 
-__all__ = ["BACKBONES", "UNet", "build_model"]
+__all__ = ["BACKBONES", "DiT", "UNet", "build_model"]
 
-BACKBONES = ("unet",)
+BACKBONES = ("unet", "dit")
 
 
 def build_model(model_cfg, image_size: int = 28, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
@@ -16,4 +17,8 @@ def build_model(model_cfg, image_size: int = 28, in_channels: int = 1, num_class
                     channel_mults=tuple(model_cfg.channel_mults), num_res_blocks=model_cfg.num_res_blocks,
                     attn_resolutions=tuple(model_cfg.attn_resolutions), num_classes=num_classes,
                     dropout=model_cfg.dropout, groups=model_cfg.groups, heads=model_cfg.heads)
+    if model_cfg.type == "dit":
+        return DiT(image_size=image_size, in_channels=in_channels, patch_size=model_cfg.patch_size,
+                   hidden_size=model_cfg.hidden_size, depth=model_cfg.depth, heads=model_cfg.heads,
+                   mlp_ratio=model_cfg.mlp_ratio, num_classes=num_classes, dropout=model_cfg.dropout)
     raise ValueError(f"unknown model type {model_cfg.type!r}; choose one of {', '.join(BACKBONES)}")
