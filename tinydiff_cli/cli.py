@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from . import __version__
 from .errors import TinydiffError
@@ -26,7 +27,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TinydiffError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("aborted")
@@ -171,6 +172,20 @@ def visualize_denoise(
     from .commands.visualize import run_denoise
 
     run_denoise(checkpoint, digit, n, ddim, eta, w, seed, out, device)
+
+
+@visualize_app.command("app")
+@user_errors
+def visualize_app_command(
+    runs: Annotated[Path, typer.Option(help="Folder searched for checkpoints and exported .safetensors models.")] = Path("runs"),
+    host: Annotated[str, typer.Option(help="Address to bind; only this machine can connect unless you change it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser window.")] = False,
+):
+    """An interactive denoising viewer in the browser (needs: pip install 'tinydiff[app]')."""
+    from .commands.app import run_app
+
+    raise typer.Exit(run_app(runs, host, port, open_browser=not no_browser))
 
 
 @app.command()

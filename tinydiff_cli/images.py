@@ -80,10 +80,14 @@ def trajectory_frames(x: torch.Tensor, x0: torch.Tensor, scale: int = 4) -> torc
     return ((upscale(canvas, scale).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def save_gif(frames: torch.Tensor, path: str | Path, seconds_per_frame: float = 0.08, hold_last: int = 15) -> Path:
-    """uint8 (F, H, W) -> looping GIF; the last frame is held so the result can be seen."""
+def encode_gif(frames: torch.Tensor, seconds_per_frame: float = 0.08, hold_last: int = 15) -> bytes:
+    """uint8 (F, H, W) -> a looping GIF's bytes; the last frame is held so the result can be seen."""
     frames = torch.cat([frames, frames[-1:].expand(hold_last, *frames.shape[1:])])
+    return iio.imwrite("<bytes>", frames.numpy(), extension=".gif", duration=int(seconds_per_frame * 1000), loop=0)
+
+
+def save_gif(frames: torch.Tensor, path: str | Path, **kwargs) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, frames.numpy(), extension=".gif", duration=int(seconds_per_frame * 1000), loop=0)
+        tmp.write_bytes(encode_gif(frames, **kwargs))
     return path

@@ -51,7 +51,7 @@ class RichReporter:
                           f"ETA {fields['eta']}", highlight=False)
 
     def log(self, message: str) -> None:
-        self.progress.console.print(message)
+        self.progress.console.print(message, markup=False, highlight=False)
 
     def finish(self) -> None:
         self.progress.stop()

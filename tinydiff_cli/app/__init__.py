@@ -1,0 +1,1 @@
+"""`tinydiff visualize app`: an interactive denoising viewer (Streamlit, optional extra `tinydiff[app]`)."""

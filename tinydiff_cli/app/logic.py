@@ -1,0 +1,125 @@
+"""What the viewer does, without Streamlit: find models, load one, generate a trajectory, render frames.
+
+The page script (streamlit_app.py) only lays out widgets; generation goes through the same engine function
+as `tinydiff visualize denoise` (`sampling.denoise_trajectory`), so there is no second sampler or guidance.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import FORMAT, MODEL_FORMAT, Checkpoint, load_checkpoint, load_model
+from ..data import CLASS_NAMES, to_uint8
+from ..errors import TinydiffError
+from ..images import encode_gif, trajectory_frames, upscale
+from ..sampling import Trajectory, denoise_trajectory
+from ..schedules import make_schedule
+from ..visualize import frames_with_result, pick_frames
+
+model_forward_calls = 0  # counts denoiser forwards in this process; the tests check that scrubbing adds none
+
+
+@dataclass
+class ModelEntry:
+    path: Path
+    label: str
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Checkpoint
+    model: torch.nn.Module
+    class_names: list[str]
+
+    @property
+    def T(self) -> int:
+        return self.checkpoint.config.diffusion.timesteps
+
+
+def describe_file(path: Path, root: Path) -> str:
+    """'<file>: <backbone>, <preset>, <dataset>, step N' from the file's metadata, read cheaply."""
+    name = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    try:
+        if path.suffix == ".json":
+            meta = json.loads(path.read_text())
+            if meta.get("format") != FORMAT:
+                raise ValueError
+            config, data, step = meta["config"], meta.get("data", {}), meta["step"]
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("format") != MODEL_FORMAT:
+                raise ValueError
+            config, data, step = json.loads(meta["config"]), json.loads(meta.get("data", "{}")), meta["step"]
+        return (f"{name}: {config['model']['type']}, {config.get('preset', '?')}, "
+                f"{data.get('dataset', config['data']['dataset'])}, step {step}")
+    except Exception:
+        return f"{name}: not a readable tinydiff model"
+
+
+def find_models(root: str | Path) -> list[ModelEntry]:
+    """Training checkpoints (*.json with a .safetensors beside them) and exported *.safetensors under root,
+    newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    paths = [p for p in root.rglob("*.json") if p.with_suffix(".safetensors").exists()]
+    paths += [p for p in root.rglob("*.safetensors") if not p.with_suffix(".json").exists()]
+    paths.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [ModelEntry(p, describe_file(p, root)) for p in paths]
+
+
+def load(path: str | Path, device="cpu") -> LoadedModel:
+    """Load a model for the viewer; a TinydiffError carries the message for the page."""
+    ckpt = load_checkpoint(path)
+    model = load_model(ckpt, device)
+
+    def count(module, inputs, output):
+        global model_forward_calls
+        model_forward_calls += 1
+
+    model.register_forward_hook(count)
+    names = ckpt.meta.get("data", {}).get("class_names") or CLASS_NAMES.get(ckpt.config.data.dataset, [])
+    return LoadedModel(ckpt, model, list(names))
+
+
+def generate(loaded: LoadedModel, label: int | None, sampler: str, steps: int, eta: float, w: float,
+             seed: int) -> Trajectory:
+    """One sample's whole trajectory. label None is unconditional; sampler is "DDPM" or "DDIM"."""
+    cfg = loaded.checkpoint.config
+    if sampler not in ("DDPM", "DDIM"):
+        raise TinydiffError(f"unknown sampler {sampler}")
+    labels = torch.tensor([len(loaded.class_names) if label is None else label])
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    return denoise_trajectory(loaded.model, schedule, cfg.diffusion.objective, labels,
+                              ddim_steps=steps if sampler == "DDIM" else None, eta=eta, w=w, seed=seed)
+
+
+@dataclass
+class Frames:
+    """Everything the page shows, rendered once per generation; the slider only indexes into it."""
+
+    x: torch.Tensor  # uint8 (steps + 1, H*scale, W*scale): the x_t the model saw at each step, then the result
+    x0: torch.Tensor  # uint8, the predicted x_0 at each step, then the result
+    captions: list[str]
+    strip: torch.Tensor  # uint8 (H*scale, k*(W*scale)): a strip of up to 12 steps of x_t over predicted x_0
+    gif: bytes
+
+
+def render(traj: Trajectory, scale: int = 8) -> Frames:
+    steps = len(traj.timesteps)
+    x, x0 = frames_with_result(traj, list(range(steps)))
+    x, x0 = x[:, 0], x0[:, 0]  # the viewer shows one sample
+    as_uint8 = lambda images: upscale(to_uint8(images)[..., 0], scale)  # noqa: E731  (F, 1, H, W) -> (F, H*s, W*s)
+    captions = [f"step {i + 1}/{steps}: t = {t}, ᾱ_t = {ab:.4f}, log-SNR = {snr:+.2f}"
+                for i, (t, ab, snr) in enumerate(zip(traj.timesteps, traj.alpha_bar, traj.log_snr))]
+    captions.append(f"result after {steps} steps: the sample x_0")
+    shown = pick_frames(steps + 1, 12)
+    strip = torch.cat([torch.cat([as_uint8(x[shown]), as_uint8(x0[shown])], dim=1)[i] for i in range(len(shown))], dim=1)
+    gif = encode_gif(trajectory_frames(*frames_with_result(traj, pick_frames(steps, 60)), scale=4))
+    return Frames(as_uint8(x), as_uint8(x0), captions, strip, gif)
