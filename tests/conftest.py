@@ -73,6 +73,26 @@ def data_dir(tmp_path_factory) -> Path:
     return make_mnist(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, str]:
+    """One tiny training run (8 steps = 1 epoch) at <tmp>/runs/tiny, shared by every test that needs a
+    checkpoint; returns the run folder and what `tinydiff train` printed."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from tinydiff_cli.cli import app
+
+    os.environ["TINYDIFF_OFFLINE"] = "1"
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = make_mnist(root / "data")
+    (root / "tiny.yaml").write_text(TINY_PRESET)
+    result = CliRunner().invoke(app, ["train", "--preset", str(root / "tiny.yaml"), "--data-dir", str(data),
+                                      "--out", str(root / "runs" / "tiny"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "tiny", result.output
+
+
 @pytest.fixture
 def tiny_preset(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"

@@ -1,6 +1,5 @@
 """The viewer driven headlessly with Streamlit's AppTest: generate, scrub, compare with `tinydiff sample`."""
 import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -17,18 +16,9 @@ from tinydiff_cli.data import to_uint8  # noqa: E402
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from conftest import TINY_PRESET, make_mnist
-
-    os.environ["TINYDIFF_OFFLINE"] = "1"
-    root = tmp_path_factory.mktemp("app")
-    data = make_mnist(root / "data")
-    (root / "tiny.yaml").write_text(TINY_PRESET)
-    result = runner.invoke(app, ["train", "--preset", str(root / "tiny.yaml"), "--data-dir", str(data),
-                                 "--out", str(root / "runs" / "tiny"), "--device", "cpu", "--set", "train.sample_rows=0"])
-    assert result.exit_code == 0, result.output
-    return root / "runs"
+@pytest.fixture
+def runs(tiny_run):
+    return tiny_run[0].parent
 
 
 def start(runs_dir, monkeypatch) -> AppTest:

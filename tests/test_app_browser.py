@@ -2,7 +2,6 @@
 
 .ci/run installs all of it and sets TINYDIFF_REQUIRE_BROWSER=1, so in CI this test runs or fails, never skips."""
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -11,9 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from tinydiff_cli.cli import app
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -53,21 +49,13 @@ def wait_for(condition, timeout: float, what: str):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tiny_run):
     assert missing is None, f"browser test needs {missing}"
-    from conftest import TINY_PRESET, make_mnist
-
-    root = tmp_path_factory.mktemp("browser")
-    data = make_mnist(root / "data")
-    (root / "tiny.yaml").write_text(TINY_PRESET)
-    os.environ["TINYDIFF_OFFLINE"] = "1"
-    result = CliRunner().invoke(app, ["train", "--preset", str(root / "tiny.yaml"), "--data-dir", str(data),
-                                      "--out", str(root / "runs" / "tiny"), "--device", "cpu", "--set", "train.sample_rows=0"])
-    assert result.exit_code == 0, result.output
+    runs = tiny_run[0].parent
     port = free_port()
     script = Path(sys.executable).parent / "tinydiff"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "tinydiff_cli"]
-    proc = subprocess.Popen(command + ["visualize", "app", "--runs", str(root / "runs"), "--port", str(port), "--no-browser"],
+    proc = subprocess.Popen(command + ["visualize", "app", "--runs", str(runs), "--port", str(port), "--no-browser"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
 

@@ -1,6 +1,5 @@
 """The CLI end to end on tiny synthetic data: real commands, real files."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,19 +21,9 @@ def invoke(*args):
     return runner.invoke(app, normalize_argv([str(a) for a in args]))
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """One tiny run (8 steps = 1 epoch) shared by the sample tests."""
-    from conftest import TINY_PRESET, make_mnist
-
-    root = tmp_path_factory.mktemp("cli")
-    data = make_mnist(root / "data")
-    preset = root / "tiny.yaml"
-    preset.write_text(TINY_PRESET)
-    os.environ["TINYDIFF_OFFLINE"] = "1"
-    result = invoke("train", "--preset", preset, "--data-dir", data, "--out", root / "run", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return root / "run", result.output
+@pytest.fixture
+def trained_run(tiny_run):
+    return tiny_run
 
 
 def tinydiff_command() -> list[str]:

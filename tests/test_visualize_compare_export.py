@@ -23,18 +23,9 @@ def invoke(*args):
     return result
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from conftest import TINY_PRESET, make_mnist
-    import os
-
-    os.environ["TINYDIFF_OFFLINE"] = "1"
-    root = tmp_path_factory.mktemp("vce")
-    data = make_mnist(root / "data")
-    (root / "tiny.yaml").write_text(TINY_PRESET)
-    invoke("train", "--preset", root / "tiny.yaml", "--data-dir", data, "--out", root / "run", "--device", "cpu",
-           "--set", "train.sample_rows=0")
-    return root / "run"
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run[0]
 
 
 def test_visualize_forward_png(data_dir, tmp_path):

@@ -59,6 +59,34 @@ class TrainResult:
     elapsed_s: float
 
 
+class LossWindow:
+    """Sums the loss on the device and counts images between log points, so that the host waits for the
+    device once per window instead of once per step."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.loss, self.steps, self.images, self.start = torch.zeros((), device=self.device), 0, 0, now
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.images += images
+
+    def pause(self, seconds: float) -> None:
+        """Time spent on checkpoints, evals and previews is not training throughput."""
+        self.start += seconds
+
+    def close(self) -> tuple[float, float]:
+        """(mean loss, images/s) of the window, and start the next one."""
+        now = time.perf_counter()
+        result = (self.loss / max(self.steps, 1)).item(), self.images / max(now - self.start, 1e-9)
+        self.reset(now)
+        return result
+
+
 def lr_at(cfg: Config, step: int, progress: float) -> float:
     """Linear warm-up over train.warmup_steps, then cosine decay to 0 over progress in [0, 1] (or constant)."""
     t = cfg.train
@@ -240,27 +268,18 @@ class Trainer:
             return self.elapsed_before + time.perf_counter() - session_start
 
         self.reporter.start(self.total_steps, self.step)
-        window_loss, window_steps, window_start, window_images = torch.zeros((), device=self.device), 0, time.perf_counter(), 0
-        images_per_s, stop_reason = 0.0, ""
-        while True:
-            stop_reason = self._stop_reason(elapsed())
-            if stop_reason:
-                break
+        window, images_per_s = LossWindow(self.device), 0.0
+        while not (stop_reason := self._stop_reason(elapsed())):
             lr = lr_at(self.cfg, self.step, self.progress(elapsed()))
-            window_loss += self.train_step(lr)
-            window_steps += 1
-            window_images += t.batch_size
+            window.add(self.train_step(lr), t.batch_size)
             metrics = None
             if self.step % t.log_every == 0:
-                now = time.perf_counter()
-                images_per_s = window_images / max(now - window_start, 1e-9)
-                self.last_train_loss = (window_loss / window_steps).item()  # the only host sync per window
-                window_loss, window_start, window_images, window_steps = torch.zeros((), device=self.device), now, 0, 0
+                self.last_train_loss, images_per_s = window.close()
                 _write_row(log, self.step, self.step / self.steps_per_epoch, self.last_train_loss, None, lr, images_per_s, elapsed())
                 metrics = {"loss": self.last_train_loss, "lr": lr, "images_per_s": images_per_s,
                            "eta_s": self._eta(images_per_s, elapsed())}
             self.reporter.update(self.step, metrics)
-            window_start += self._periodic_work(log, lr, images_per_s, elapsed)
+            window.pause(self._periodic_work(log, lr, images_per_s, elapsed))
         if self.saved_at != self.step and self.step != start_step:
             if stop_reason != "interrupted":  # a user who pressed Ctrl-C wants out, not a preview
                 self.save_sample_grid("final")

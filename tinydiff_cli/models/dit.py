@@ -97,7 +97,7 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """As in DiT's models.py: xavier linears, N(0, 0.02) embeddings, and adaLN-Zero: every block's
+        """As in DiT's models.py: xavier linears, N(0, 0.02) time MLP, and adaLN-Zero: every block's
         modulation and the output layer start at zero, so the network starts as the identity on tokens
         and predicts 0."""
         for module in self.modules():
@@ -107,7 +107,10 @@ class DiT(nn.Module):
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.bias)
-        nn.init.normal_(self.class_emb.weight, std=0.02)
+        # DiT draws the label table from N(0, 0.02) and trains for 400k steps. At a CPU budget of a few thousand
+        # steps that leaves the class ~2% of the conditioning vector: after 600 MNIST steps the samples' class
+        # accuracy was at chance (9%); with N(0, 1), nn.Embedding's default and the UNet's, it was 33%.
+        nn.init.normal_(self.class_emb.weight, std=1.0)
         for layer in (self.time_mlp[0], self.time_mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
         for block in self.blocks:
