@@ -76,12 +76,23 @@ def test_eval_npz_end_to_end(data_dir, tmp_path):
     table = CliRunner().invoke(app, ["eval", "--npz", str(npz), "--data-dir", str(data_dir), "--device", "cpu"])
     assert table.exit_code == 0 and "real-data floor" in table.output
 
+    # inverted images are far from the test split; wrong labels lower the accuracy
+    shifted = (test.labels.numpy() + 1) % 10
+    np.savez(npz, arr_0=255 - test.images.numpy(), arr_1=shifted)
+    result = CliRunner().invoke(app, ["eval", "--npz", str(npz), "--data-dir", str(data_dir), "--json", "--device", "cpu"])
+    worse = json.loads(result.stdout[result.stdout.index("{"):])
+    assert worse["fid"] > 0.1 and worse["class_accuracy"] < 0.5
+
 
 def test_eval_rejects_a_foreign_npz(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, arr_0=np.zeros((4, 32, 32, 3), dtype=np.uint8))
     result = CliRunner().invoke(app, ["eval", "--npz", str(bad)])
     assert result.exit_code == 2 and "must be uint8 images shaped" in result.output
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros((4, 28, 28), dtype=np.uint8))
+    result = CliRunner().invoke(app, ["eval", "--npz", str(single)])
+    assert result.exit_code == 2 and "not a sample .npz" in result.output
 
 
 def test_train_eval_every_logs_fid_and_accuracy(tiny_preset, data_dir, tmp_path):

@@ -62,5 +62,8 @@ def test_posterior_quantities_follow_ddpm_eq_7():
 def test_linear_scales_with_T_and_unknown_names_fail():
     short = make_schedule("linear", 100)
     assert short.betas[-1].item() == pytest.approx(0.2)
+    shortest = make_schedule("linear", 20)  # the end point would be 1.0: clipped, so everything stays finite
+    assert shortest.betas.max().item() == pytest.approx(0.999)
+    assert torch.isfinite(shortest.log_snr).all() and shortest.alpha_bar[-1] > 0
     with pytest.raises(ValueError, match="cosine"):
         make_schedule("quadratic", 10)

@@ -4,8 +4,8 @@
     run/last.json          config, step, elapsed time, optimizer hyper-parameters, data facts
 
 `last` always points at the newest state; `ckpt_<step>` copies are kept every train.checkpoint_every steps.
-Both files are written atomically, tensors first; the JSON names the step that the tensors hold, and a
-mismatch (a crash between the two writes) is reported rather than loaded.
+Both files are written atomically, tensors first. The tensors' metadata repeats the step and elapsed time, so a
+crash between the two writes leaves a loadable pair: the newer tensors win over the older JSON.
 """
 from __future__ import annotations
 
@@ -62,8 +62,9 @@ def save_checkpoint(run_dir: Path, name: str, *, config: Config, step: int, tens
     run_dir = Path(run_dir)
     tensors_path, json_path = run_dir / f"{name}.safetensors", run_dir / f"{name}.json"
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    elapsed = str(extra.get("elapsed_s", 0.0))
     with atomic_path(tensors_path) as tmp:
-        save_file(contiguous, str(tmp), metadata={"format": FORMAT, "step": str(step)})
+        save_file(contiguous, str(tmp), metadata={"format": FORMAT, "step": str(step), "elapsed_s": elapsed})
     meta = {"format": FORMAT, "version": VERSION, "step": step, "tensors": tensors_path.name,
             "config": config_to_dict(config), **extra}
     write_text_atomic(json_path, json.dumps(meta, indent=2))
@@ -120,10 +121,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not tensors_path.is_file():
         raise TinydiffError(f"{json_path} names {tensors_path.name}, which is missing; the run folder is incomplete")
     with _open_tensors(tensors_path) as f:
-        stored_step = (f.metadata() or {}).get("step")
-    if stored_step != str(meta.get("step")):
-        raise TinydiffError(f"{tensors_path.name} holds step {stored_step} but {json_path.name} says {meta.get('step')}: "
-                            f"the run stopped while saving; use a ckpt_* checkpoint in {json_path.parent}")
+        stored = f.metadata() or {}
+    if stored.get("format") != FORMAT or "step" not in stored:
+        raise TinydiffError(f"{tensors_path} is not the tensor file of a tinydiff checkpoint")
+    if stored["step"] != str(meta.get("step")):
+        # The run died after replacing the tensors and before replacing the JSON: the tensors (weights, optimizer,
+        # RNG streams) are the newer, complete state, and their metadata carries the step and elapsed time.
+        meta = {**meta, "step": int(stored["step"]), "elapsed_s": float(stored.get("elapsed_s", meta.get("elapsed_s", 0.0))),
+                "recovered_from_tensors": True}
     return _validated(Checkpoint(meta, tensors_path, json_path))
 
 

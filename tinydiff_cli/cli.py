@@ -29,6 +29,9 @@ def user_errors(command):
         except TinydiffError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # an unwritable --out, a full disk, a folder where a file should be
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("aborted")
             raise typer.Exit(130) from None
@@ -50,7 +53,7 @@ def root(version: Annotated[bool, typer.Option("--version", callback=_version, i
 @app.command()
 @user_errors
 def train(
-    preset: Annotated[str, typer.Option(help="Preset name (unet-small, unet-base) or a path to a YAML file.")] = "unet-small",
+    preset: Annotated[str, typer.Option(help="Preset name (unet-small, unet-base, dit-small, dit-base) or a path to a YAML file.")] = "unet-small",
     dataset: Annotated[Optional[str], typer.Option(help="mnist or fashion-mnist.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: $TINYDIFF_DATA, else ~/.cache/tinydiff/data]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>]")] = None,
@@ -70,8 +73,8 @@ def train(
 
     flags = {"data.dataset": dataset, "data.data_dir": data_dir, "train.epochs": epochs, "train.max_steps": max_steps,
              "train.max_minutes": max_minutes, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed, "train.eval_every": eval_every}
-    overrides = list(set_ or []) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    code = run_train(preset=preset, overrides=overrides, out=out, device=device, resume=resume)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
+    code = run_train(preset=preset, overrides=list(set_ or []), settings=settings, out=out, device=device, resume=resume)
     raise typer.Exit(code)
 
 

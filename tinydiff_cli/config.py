@@ -165,6 +165,15 @@ def read_preset(preset: str) -> dict:
     return values
 
 
+def apply_settings(values: dict, settings: dict[str, Any]) -> dict:
+    """Apply already-typed {"section.key": value} settings (the CLI's own flags); types are checked later."""
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        values.setdefault(section, {})[name] = value
+    return values
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply "section.key=value" strings; values are parsed as YAML scalars/lists (3e-4, true, [1,2])."""
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}

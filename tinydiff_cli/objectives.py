@@ -69,8 +69,9 @@ def training_target(objective: str, schedule: Schedule, x0, eps, t):
 def min_snr_weight(objective: str, snr: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weight (Hang et al. 2023, eq. 9 and sec. 3.4) for the MSE on each objective's target.
 
-    The x_0 loss weighted by min(SNR, gamma) is the same loss expressed on eps (divide by SNR) or on v
-    (divide by SNR + 1, since ||v - v_hat||^2 = (SNR + 1) ||x_0 - x0_hat||^2 * (1 - alpha_bar)).
+    The x_0 loss weighted by min(SNR, gamma) is the same loss expressed on eps (divide by SNR, since
+    ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2) or on v (divide by SNR + 1, since
+    ||v - v_hat||^2 = (SNR + 1) ||x_0 - x0_hat||^2).
     gamma = 0 turns the weighting off.
     """
     if gamma <= 0:

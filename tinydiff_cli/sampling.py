@@ -39,19 +39,19 @@ def sample_images(model, schedule: Schedule, objective: str, labels: torch.Tenso
     """Samples for `labels` (the model's null class = unconditional) in batches; float (N, C, H, W) on CPU.
 
     ddim_steps None means DDPM over all T steps; `callback` is passed to the sampler for per-step progress.
-    Each batch's initial noise is the first draw from the seeded generator, so samplers compared at the
-    same seed and batch size start from the same noise.
+    All initial noise is drawn first from the seeded generator, so every sampler run with the same seed
+    starts from the same noise, whatever the batch size.
     """
     device = next(model.parameters()).device
     batch_size = batch_size or default_batch_size(device)
     schedule = schedule.to(device)
     generator = make_generator(seed, device)
+    noise = torch.randn((labels.shape[0], *image_shape), device=device, generator=generator)
     out = []
     for start in range(0, labels.shape[0], batch_size):
         batch_labels = labels[start:start + batch_size].to(device)
-        x = torch.randn((batch_labels.shape[0], *image_shape), device=device, generator=generator)
-        out.append(run_sampler(model, schedule, objective, batch_labels, x, ddim_steps=ddim_steps, eta=eta, w=w,
-                               generator=generator, callback=callback).cpu())
+        out.append(run_sampler(model, schedule, objective, batch_labels, noise[start:start + batch_size], ddim_steps=ddim_steps,
+                               eta=eta, w=w, generator=generator, callback=callback).cpu())
     return torch.cat(out)
 
 

@@ -24,7 +24,7 @@ def linear_betas(T: int) -> torch.Tensor:
     noise added, and so alpha_bar at t = T-1, stays about the same.
     """
     scale = 1000.0 / T
-    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64).clamp(max=MAX_BETA)
 
 
 def cosine_alpha_bar(s: torch.Tensor, offset: float = 0.008) -> torch.Tensor:

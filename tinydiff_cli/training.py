@@ -164,10 +164,8 @@ class Trainer:
         for key, value in optim.items():
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value.to(self.device) if name != "step" else value
-        groups = self.optimizer.state_dict()["param_groups"]
-        for group, saved in zip(groups, ckpt.meta["optimizer"]["param_groups"]):
-            group.update({k: v for k, v in saved.items() if k not in ("lr", "initial_lr")})
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        # hyper-parameters come from the current config (so --set train.weight_decay=... applies on resume)
+        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
         rng = ckpt.tensors("rng")
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["train"])
@@ -236,6 +234,10 @@ class Trainer:
 
     def sample_quality(self):
         """FID and class accuracy of train.eval_samples EMA samples (DDIM train.sample_steps, w = train.sample_w)."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return self._sample_quality()  # building or training the classifier must not shift dropout's RNG
+
+    def _sample_quality(self):
         from .classifier import get_classifier
         from .data import to_uint8
         from .evaluation import Scorer

@@ -16,7 +16,7 @@ from ..figures import image_table
 from ..sampling import labels_for
 from ..schedules import make_schedule
 from ..ui import console, err_console
-from .sample import parse_digit
+from .sample import check_args, check_output, parse_digit
 
 
 def parse_steps(text: str, T: int) -> list[int]:
@@ -36,8 +36,10 @@ def run_compare(checkpoint, steps: str, n: int, digit: str, w: float, eta: float
     cfg = ckpt.config
     num_classes = ckpt.meta.get("data", {}).get("num_classes", 10)
     step_counts = parse_steps(steps, cfg.diffusion.timesteps)
-    if n < 2:
-        raise TinydiffError("--n must be at least 2")
+    check_args(n, None, eta, cfg.diffusion.timesteps, batch_size)
+    if n < 2 or show < 1:
+        raise TinydiffError("--n must be at least 2 and --show at least 1")
+    check_output(out)
     labels = labels_for(parse_digit(digit, num_classes), n, num_classes)
     dev = pick_device(device)
     model = load_model(ckpt, dev)

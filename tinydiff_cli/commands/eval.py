@@ -1,7 +1,9 @@
 """`tinydiff eval`: sample from a checkpoint (or read an .npz) and score it."""
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,12 +26,16 @@ from .sample import check_args, parse_digit
 def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     try:
         arrays = np.load(path)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not named arrays")
         images = arrays["arr_0"]
         labels = arrays["arr_1"] if "arr_1" in arrays.files else None
     except (OSError, ValueError, KeyError) as e:
         raise TinydiffError(f"{path} is not a sample .npz with arr_0 (and optional arr_1): {e}") from None
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[1:3] != (28, 28):
         raise TinydiffError(f"{path}: arr_0 must be uint8 images shaped (N, 28, 28[, 1]), got {images.dtype} {images.shape}")
+    if images.shape[0] < 2:
+        raise TinydiffError(f"{path}: FID needs at least 2 images, arr_0 has {images.shape[0]}")
     if labels is not None and labels.shape[0] != images.shape[0]:
         raise TinydiffError(f"{path}: arr_1 has {labels.shape[0]} labels for {images.shape[0]} images")
     return torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64))
@@ -40,6 +46,8 @@ def sample_for_eval(ckpt, dev, digit, n, ddim, eta, w, seed, batch_size, out_con
     num_classes = ckpt.meta.get("data", {}).get("num_classes", 10)
     choice = parse_digit(digit, num_classes)
     check_args(n, ddim, eta, cfg.diffusion.timesteps, batch_size)
+    if n < 2:
+        raise TinydiffError("--n must be at least 2: FID needs two samples or more")
     model = load_model(ckpt, dev)
     labels = labels_for(choice, n, num_classes)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
@@ -68,8 +76,10 @@ def run_eval(checkpoint, npz, dataset, data_dir, digit, n, ddim, eta, w, seed, b
         images, labels, extra = sample_for_eval(ckpt, dev, digit, n, ddim, eta, w, seed, batch_size, out_console)
     if dataset not in DATASETS:
         raise TinydiffError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
-    classifier = get_classifier(dataset, data_dir, log=out_console.print)
-    score = Scorer(classifier, dataset, data_dir).score(images, labels)
+    # with --json, stdout carries only the JSON: what torchvision prints while downloading goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        classifier = get_classifier(dataset, data_dir, log=out_console.print)
+        score = Scorer(classifier, dataset, data_dir).score(images, labels)
     score.extra = {"dataset": dataset, **extra}
     if as_json:
         print(json.dumps(score.to_dict(), indent=2))

@@ -27,6 +27,13 @@ def parse_digit(digit: str, num_classes: int) -> str | int | None:
     raise TinydiffError(f"--digit must be 0..{num_classes - 1}, 'all' or 'none', got '{digit}'")
 
 
+def check_output(*paths: Path | None) -> None:
+    """Fail before the expensive part, not after it."""
+    for path in paths:
+        if path is not None and path.is_dir():
+            raise TinydiffError(f"{path} is a folder; give a file name such as {path / 'samples.png'}")
+
+
 def check_args(n: int, ddim: int | None, eta: float, T: int, batch_size: int) -> None:
     if n < 1 or (batch_size is not None and batch_size < 1):
         raise TinydiffError("--n and --batch-size must be at least 1")
@@ -42,6 +49,7 @@ def run_sample(checkpoint, digit, n, ddim, eta, w, seed, out: Path, npz: Path | 
     num_classes = ckpt.meta.get("data", {}).get("num_classes", 10)
     label_choice = parse_digit(digit, num_classes)
     check_args(n, ddim, eta, cfg.diffusion.timesteps, batch_size)
+    check_output(out, npz)
     dev = pick_device(device)
     model = load_model(ckpt, dev, use_ema=use_ema)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)

@@ -7,21 +7,25 @@ import yaml
 from rich.table import Table
 
 from ..checkpoint import FORMAT, load_checkpoint
-from ..config import apply_overrides, config_from_dict, config_to_dict, read_preset, validate
+from ..config import apply_overrides, apply_settings, config_from_dict, config_to_dict, read_preset, validate
 from ..device import describe, pick_device
 from ..errors import TinydiffError
 from ..training import Trainer
 from ..ui import RichReporter, console, format_seconds
 
 
-def resolve_run(preset: str, overrides: list[str], out: Path | None, resume: str | None):
+def holds_a_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in ("last.json", "loss.csv")) or any(run_dir.glob("ckpt_*.json"))
+
+
+def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | None, resume: str | None):
     """-> (config, run folder, checkpoint to resume or None)."""
     if resume is None:
         values = read_preset(preset)
         run_dir = out or Path("runs") / values["preset"]
-        if (run_dir / "last.json").exists():
+        if holds_a_run(run_dir):
             raise TinydiffError(f"{run_dir} already holds a run; continue it with --resume, or pass --out DIR for a new one")
-        return validate(config_from_dict(apply_overrides(values, overrides))), run_dir, None
+        return validate(config_from_dict(apply_settings(apply_overrides(values, overrides), settings))), run_dir, None
     if resume == "last":
         resume_path = out or Path("runs") / read_preset(preset)["preset"]
     else:
@@ -30,13 +34,13 @@ def resolve_run(preset: str, overrides: list[str], out: Path | None, resume: str
     if ckpt.meta["format"] != FORMAT:
         raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
                             f"checkpoint such as runs/<name>/last.json")
-    cfg = validate(config_from_dict(apply_overrides(ckpt.meta["config"], overrides)))
+    cfg = validate(config_from_dict(apply_settings(apply_overrides(ckpt.meta["config"], overrides), settings)))
     return cfg, out or ckpt.json_path.parent, ckpt
 
 
-def run_train(preset: str, overrides: list[str], out: Path | None, device: str, resume: str | None) -> int:
-    cfg, run_dir, ckpt = resolve_run(preset, overrides, out, resume)
+def run_train(preset: str, overrides: list[str], settings: dict, out: Path | None, device: str, resume: str | None) -> int:
     dev = pick_device(device)
+    cfg, run_dir, ckpt = resolve_run(preset, overrides, settings, out, resume)
     console.print(f"[bold]device:[/] {describe(dev)}")
     console.print("[bold]config:[/]")
     console.print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(), highlight=False)
