@@ -20,6 +20,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="tinydiff: train small diffusion models on MNIST and Fashion-MNIST, then sample from them.")
 
 
+# Options that several commands share, declared once.
+CheckpointOption = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Checkpoint (.json/.safetensors), exported .safetensors or run folder. \\[default: newest under runs/]")]
+DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps; absent: DDPM over all T steps.")]
+EtaOption = Annotated[float, typer.Option("--eta", help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like noise.")]
+GuidanceOption = Annotated[float, typer.Option("--w", help=GUIDANCE_HELP)]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
+SampleBatchOption = Annotated[Optional[int], typer.Option(
+    "--batch-size", help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")]
+
+
 def user_errors(command):
     """Turn a TinydiffError into one red line on stderr and exit status 2, never a traceback."""
     @functools.wraps(command)
@@ -63,7 +75,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")] = "auto",
+    device: DeviceOption = "auto",
     eval_every: Annotated[Optional[int], typer.Option(help="Every N steps, log FID and class accuracy of train.eval_samples samples.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue a run: --resume alone takes <out>/last, or give a checkpoint or run folder.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting, e.g. --set train.lr=3e-4 (repeatable).")] = None,
@@ -81,17 +93,17 @@ def train(
 @app.command()
 @user_errors
 def sample(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint (.json/.safetensors) or run folder. \\[default: newest under runs/]")] = None,
+    checkpoint: CheckpointOption = None,
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' (one class per grid column) or 'none' (unconditional).")] = "all",
     n: Annotated[int, typer.Option(help="Number of images.")] = 100,
-    ddim: Annotated[Optional[int], typer.Option(help="DDIM with this many steps; absent: DDPM over all T steps.")] = None,
-    eta: Annotated[float, typer.Option(help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like noise.")] = 0.0,
-    w: Annotated[float, typer.Option(help=GUIDANCE_HELP)] = 1.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    ddim: DdimOption = None,
+    eta: EtaOption = 0.0,
+    w: GuidanceOption = 1.0,
+    seed: SeedOption = 0,
     out: Annotated[Path, typer.Option(help="Grid PNG to write.")] = Path("samples.png"),
     npz: Annotated[Optional[Path], typer.Option(help="Also write arr_0 (N,28,28,1) uint8 images and arr_1 int64 labels.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    batch_size: SampleBatchOption = None,
+    device: DeviceOption = "auto",
     raw_weights: Annotated[bool, typer.Option("--raw-weights", help="Use the raw training weights instead of the EMA weights.")] = False,
 ):
     """Sample a grid (and optionally an .npz) from a trained checkpoint."""
@@ -104,18 +116,18 @@ def sample(
 @app.command("eval")
 @user_errors
 def eval_(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint or run folder to sample from. \\[default: newest under runs/]")] = None,
+    checkpoint: CheckpointOption = None,
     npz: Annotated[Optional[Path], typer.Option(help="Score samples saved earlier (arr_0 images, optional arr_1 labels) instead of sampling.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset whose classifier and test split score the samples. \\[default: the checkpoint's, else mnist]")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: the checkpoint's, else $TINYDIFF_DATA]")] = None,
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none' (unconditional).")] = "all",
     n: Annotated[int, typer.Option(help="Number of samples (FID depends on N: compare at equal N).")] = 5000,
-    ddim: Annotated[Optional[int], typer.Option(help="DDIM steps; absent: DDPM over all T steps.")] = None,
-    eta: Annotated[float, typer.Option(help="DDIM eta in [0, 1].")] = 0.0,
-    w: Annotated[float, typer.Option(help=GUIDANCE_HELP)] = 1.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    ddim: DdimOption = None,
+    eta: EtaOption = 0.0,
+    w: GuidanceOption = 1.0,
+    seed: SeedOption = 0,
+    batch_size: SampleBatchOption = None,
+    device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on stdout (progress goes to stderr).")] = False,
 ):
     """Score samples: FID in a domain classifier's feature space (with the real-data floor) and class accuracy."""
@@ -161,15 +173,15 @@ def visualize_schedule(
 @visualize_app.command("denoise")
 @user_errors
 def visualize_denoise(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint or run folder. \\[default: newest under runs/]")] = None,
+    checkpoint: CheckpointOption = None,
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none' (unconditional).")] = "3",
     n: Annotated[int, typer.Option(help="Number of samples shown (at most 16).")] = 1,
-    ddim: Annotated[Optional[int], typer.Option(help="DDIM steps; absent: DDPM over all T steps.")] = None,
-    eta: Annotated[float, typer.Option(help="DDIM eta in [0, 1].")] = 0.0,
-    w: Annotated[float, typer.Option(help=GUIDANCE_HELP)] = 1.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    ddim: DdimOption = None,
+    eta: EtaOption = 0.0,
+    w: GuidanceOption = 1.0,
+    seed: SeedOption = 0,
     out: Annotated[Path, typer.Option(help="Output name: writes NAME.gif (animation) and NAME.png (strip of frames).")] = Path("denoise"),
-    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    device: DeviceOption = "auto",
 ):
     """The reverse process as an animated GIF and a PNG strip: x_t beside the model's predicted x_0."""
     from .commands.visualize import run_denoise
@@ -194,19 +206,19 @@ def visualize_app_command(
 @app.command()
 @user_errors
 def compare(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint or run folder. \\[default: newest under runs/]")] = None,
+    checkpoint: CheckpointOption = None,
     steps: Annotated[str, typer.Option(help="Comma-separated DDIM step counts to compare against DDPM.")] = "10,50,100",
     n: Annotated[int, typer.Option(help="Samples per sampler (FID depends on N: compare at equal N).")] = 50,
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none'.")] = "all",
-    w: Annotated[float, typer.Option(help=GUIDANCE_HELP)] = 1.0,
-    eta: Annotated[float, typer.Option(help="DDIM eta in [0, 1].")] = 0.0,
+    w: GuidanceOption = 1.0,
+    eta: EtaOption = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed: every sampler starts from the same noise.")] = 0,
     show: Annotated[int, typer.Option(help="Rows of the side-by-side grid.")] = 10,
     out: Annotated[Path, typer.Option(help="Side-by-side PNG to write.")] = Path("compare.png"),
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Score each sampler with FID and class accuracy.")] = True,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder for the scores. \\[default: the checkpoint's]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward batch.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    batch_size: SampleBatchOption = None,
+    device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ):
     """DDPM (all T steps) against DDIM at several step counts: time, speed-up, FID and class accuracy."""
@@ -218,7 +230,7 @@ def compare(
 @app.command()
 @user_errors
 def export(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint or run folder. \\[default: newest under runs/]")] = None,
+    checkpoint: CheckpointOption = None,
     format: Annotated[str, typer.Option("--format", help="safetensors (EMA weights + config), onnx or pt2 (torch.export).")] = "safetensors",
     out: Annotated[Optional[Path], typer.Option(help="File to write. \\[default: <preset>-step<N>.<format>]")] = None,
 ):

@@ -112,6 +112,7 @@ class Trainer:
         self.last_eval_loss: float | None = None
         self._stop_requested = False
         self.saved_at = -1  # the step whose `last` checkpoint is on disk
+        self._permutation: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its data order)
         self.scorer = None  # built on the first sample-quality eval (trains the classifier once if needed)
 
     # ---- sizes and budgets -------------------------------------------------------------------------
@@ -177,12 +178,14 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> torch.Tensor:
-        """The epoch's permutation is a function of (seed, epoch), so a resumed run draws the same batches."""
+        """The epoch's permutation is a function of (seed, epoch), so a resumed run draws the same batches.
+        It is built once per epoch and kept on the device."""
         epoch, within = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.train_split), generator=g)
+        if self._permutation[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+            self._permutation = (epoch, torch.randperm(len(self.train_split), generator=g).to(self.device))
         bs = self.cfg.train.batch_size
-        return perm[within * bs:(within + 1) * bs].to(self.device)
+        return self._permutation[1][within * bs:(within + 1) * bs]
 
     def train_step(self, lr: float) -> torch.Tensor:
         idx = self.batch_indices(self.step)
