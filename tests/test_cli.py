@@ -117,6 +117,7 @@ def test_typed_flags_are_not_parsed_as_yaml(tiny_preset, tmp_path):
     (["train", "--set", "train.bogus=1", "--out", "{tmp}/r"], "unknown setting 'train.bogus'"),
     (["train", "--data-dir", "{tmp}/empty", "--out", "{tmp}/r"], "MNIST not found in"),
     (["train", "--out", "{run}"], "already holds a run"),
+    (["train", "--resume", "--out", "{tmp}/none"], "nothing to resume at"),
     (["train", "--device", "tpu", "--out", "{tmp}/r"], "unknown device 'tpu'"),
     (["sample", "--checkpoint", "{run}", "--out", "{tmp}", "--n", "2", "--ddim", "1"], "is a folder"),
     (["eval", "--checkpoint", "{run}", "--n", "1"], "at least 2"),

@@ -197,10 +197,10 @@ def visualize_app_command(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser window.")] = False,
 ):
-    """An interactive denoising viewer in the browser (needs: pip install 'tinydiff[app]')."""
+    """An interactive denoising viewer in the browser (needs: pip install 'tinydiff\\[app]')."""
     from .commands.app import run_app
 
-    raise typer.Exit(run_app(runs, host, port, open_browser=not no_browser))
+    run_app(runs, host, port, open_browser=not no_browser)
 
 
 @app.command()

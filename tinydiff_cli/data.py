@@ -52,6 +52,7 @@ def load_split(dataset: str, data_dir: str | Path | None = None, train: bool = T
     try:
         ds = cls(str(root), train=train, download=not offline)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError... for missing files
+        _remove_if_empty(raw)
         why = "downloads are off (TINYDIFF_OFFLINE)" if offline else f"the download failed ({type(e).__name__})"
         raise TinydiffError(
             f"{DATASETS[dataset]} not found in {raw} and {why}; copy the IDX files (train-images-idx3-ubyte, ...) "
@@ -60,6 +61,15 @@ def load_split(dataset: str, data_dir: str | Path | None = None, train: bool = T
     if images.dtype != torch.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise TinydiffError(f"{raw} holds images of shape {tuple(images.shape[1:])}, expected 28x28 uint8")
     return Split(images.contiguous(), labels.to(torch.int64).contiguous())
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A failed download leaves empty folders behind; take them away again."""
+    for path in (folder, folder.parent):
+        try:
+            path.rmdir()  # only succeeds when empty
+        except OSError:
+            return
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

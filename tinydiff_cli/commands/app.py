@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,14 +18,15 @@ def streamlit_command(runs: Path, host: str, port: int, open_browser: bool) -> l
             "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
 
 
-def run_app(runs: Path, host: str, port: int, open_browser: bool) -> int:
+def run_app(runs: Path, host: str, port: int, open_browser: bool) -> None:
     if importlib.util.find_spec("streamlit") is None:
         raise TinydiffError("the app needs the app extra: pip install 'tinydiff[app]'")
     if not 1 <= port <= 65535:
         raise TinydiffError(f"--port must be between 1 and 65535, got {port}")
     env = {**os.environ, "TINYDIFF_APP_RUNS": str(runs.resolve())}
     console.print(f"tinydiff viewer for models under {runs.resolve()}: http://{host}:{port}  (Ctrl-C stops it)")
-    try:
-        return subprocess.call(streamlit_command(runs, host, port, open_browser), env=env)
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    command = streamlit_command(runs, host, port, open_browser)
+    # Become the server rather than its parent, so that a signal to this process (Ctrl-C, kill, a test's
+    # terminate()) reaches Streamlit itself and no orphaned server is left behind.
+    os.execve(command[0], command, env)

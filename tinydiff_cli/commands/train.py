@@ -30,6 +30,9 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
         resume_path = out or Path("runs") / read_preset(preset)["preset"]
     else:
         resume_path = Path(resume)
+    if not (resume_path.is_file() or (resume_path / "last.json").exists()):
+        raise TinydiffError(f"nothing to resume at {resume_path}: no checkpoint there; start a new run without --resume, "
+                            f"or give --resume the run folder or checkpoint to continue")
     ckpt = load_checkpoint(resume_path)
     if ckpt.meta["format"] != FORMAT:
         raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
@@ -41,11 +44,11 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
 def run_train(preset: str, overrides: list[str], settings: dict, out: Path | None, device: str, resume: str | None) -> int:
     dev = pick_device(device)
     cfg, run_dir, ckpt = resolve_run(preset, overrides, settings, out, resume)
+    reporter = RichReporter()
+    trainer = Trainer(cfg, run_dir, dev, reporter)  # loads the data first: a missing dataset is the first thing said
     console.print(f"[bold]device:[/] {describe(dev)}")
     console.print("[bold]config:[/]")
     console.print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(), highlight=False)
-    reporter = RichReporter()
-    trainer = Trainer(cfg, run_dir, dev, reporter)
     if ckpt is not None:
         trainer.load_state(ckpt)
         console.print(f"resuming from {ckpt.json_path} at step {trainer.step}")
@@ -66,7 +69,8 @@ def _print_summary(result, run_dir: Path) -> None:
     rows = [("stopped because", result.stop_reason), ("step", str(result.step)),
             ("train loss (last window)", fmt(result.train_loss)), ("eval loss (test split, EMA)", fmt(result.eval_loss)),
             ("images/s (training)", f"{result.images_per_s:.0f}"), ("elapsed", format_seconds(result.elapsed_s)),
-            ("checkpoint", str(result.checkpoint)), ("samples", str(run_dir / "samples")),
+            ("checkpoint", str(result.checkpoint)),
+            ("samples", str(run_dir / "samples") if (run_dir / "samples").is_dir() else "none yet (written after each epoch)"),
             ("loss history", f"{run_dir / 'loss.csv'}, {run_dir / 'loss.png'}")]
     for k, v in rows:
         table.add_row(k, v)
