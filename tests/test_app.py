@@ -35,7 +35,7 @@ def test_generate_then_scrub_without_running_the_model(runs, monkeypatch, tmp_pa
     assert any("unet, tiny, mnist, step 8" in label for label in labels)
     at.selectbox(key="checkpoint").select_index(next(i for i, l in enumerate(labels) if l.startswith("tiny/last.json")))
     at.selectbox(key="class").select("7")
-    at.radio(key="sampler").set_value("DDIM")
+    at.radio(key="sampler").set_value("ddim")
     at.run()
     at.slider(key="steps").set_value(5)
     at.slider(key="w").set_value(1.0)

@@ -6,7 +6,8 @@ import torch
 from tinydiff_cli.config import load_config
 from tinydiff_cli.models import build_model
 from tinydiff_cli.models.dit import DiT, sincos_2d
-from tinydiff_cli.objectives import diffusion_loss
+from tinydiff_cli.losses import diffusion_loss
+from tinydiff_cli.parameterization import X0Prediction
 from tinydiff_cli.schedules import make_schedule
 
 
@@ -60,7 +61,7 @@ def test_overfits_a_tiny_batch():
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(60):
-        loss = diffusion_loss(model, schedule, x0, labels, objective="x0", min_snr_gamma=0, generator=g)
+        loss = diffusion_loss(model, schedule, X0Prediction(), x0, labels, min_snr_gamma=0, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()

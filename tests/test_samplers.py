@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from tinydiff_cli.guidance import guided_denoiser
-from tinydiff_cli.objectives import predict_x0_from_eps
-from tinydiff_cli.samplers import ddim_sample, ddim_sigma, ddim_timesteps, ddpm_sample
+from tinydiff_cli.parameterization import X0Prediction, predict_x0_from_eps
+from tinydiff_cli.samplers import (SAMPLERS, ddim_sample, ddim_sigma, ddpm_sample, sampler_label, sampler_options,
+                                   sampler_timesteps, spaced_timesteps)
 from tinydiff_cli.schedules import make_betas, make_schedule
 
 
@@ -15,14 +16,45 @@ def dummy_denoiser(schedule):
     return denoise
 
 
-def test_ddim_timesteps_come_from_the_list_and_end_at_zero():
-    assert ddim_timesteps(1000, 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
-    assert ddim_timesteps(1000, 1) == [999]
-    assert ddim_timesteps(50, 50) == list(range(49, -1, -1))
-    steps = ddim_timesteps(1000, 333)
+def test_spaced_timesteps_are_trailing_and_end_near_zero():
+    assert spaced_timesteps(1000, 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert spaced_timesteps(1000, 1) == [999]
+    assert spaced_timesteps(50, 50) == list(range(49, -1, -1))
+    steps = spaced_timesteps(1000, 333)
     assert len(set(steps)) == 333 and steps == sorted(steps, reverse=True)
     with pytest.raises(ValueError):
-        ddim_timesteps(1000, 0)
+        spaced_timesteps(1000, 0)
+
+
+def test_one_grid_function_for_every_sampler():
+    assert sampler_timesteps("ddim", 1000, 10) == spaced_timesteps(1000, 10)
+    assert sampler_timesteps("ddim", 50) == list(range(49, -1, -1))  # no steps: all T
+    assert sampler_timesteps("ddpm", 50) == sampler_timesteps("ddpm", 50, 50) == list(range(49, -1, -1))
+    with pytest.raises(ValueError, match="ddpm always runs all T=50 steps"):
+        sampler_timesteps("ddpm", 50, 10)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddpm, ddim"):
+        sampler_timesteps("euler", 50, 10)
+    assert sampler_label("ddim", spaced_timesteps(1000, 10)) == "DDIM-10"
+
+
+def test_every_sampler_shares_the_leading_signature():
+    import inspect
+
+    for name, sampler in SAMPLERS.items():
+        params = list(inspect.signature(sampler).parameters.values())
+        assert [p.name for p in params[:4]] == ["denoise", "x", "schedule", "timesteps"], name
+        rest = {p.name: p for p in params[4:]}
+        assert {"generator", "callback"} <= set(rest), name
+        assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in rest.values()), name
+    assert sampler_options("ddim", eta=0.5) == {"eta": 0.5}
+    assert sampler_options("ddpm", eta=0.5) == {}  # DDPM has no eta
+    assert sampler_options("ddim", eta=None) == {}
+
+
+def test_ddpm_refuses_a_coarse_grid():
+    sch = make_schedule("linear", 50)
+    with pytest.raises(ValueError, match="every timestep"):
+        ddpm_sample(dummy_denoiser(sch), torch.zeros(1, 1, 28, 28), sch, spaced_timesteps(50, 10))
 
 
 def test_ddim_eta_1_has_ddpm_posterior_variance():
@@ -42,8 +74,9 @@ def test_ddim_eta_1_over_all_steps_equals_ddpm(name):
     sch = make_schedule(name, 100)
     denoise = dummy_denoiser(sch)
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    ddpm = ddpm_sample(denoise, x.clone(), sch, generator=torch.Generator().manual_seed(1))
-    ddim = ddim_sample(denoise, x.clone(), sch, 100, eta=1.0, generator=torch.Generator().manual_seed(1))
+    grid = sampler_timesteps("ddpm", 100)
+    ddpm = ddpm_sample(denoise, x.clone(), sch, grid, generator=torch.Generator().manual_seed(1))
+    ddim = ddim_sample(denoise, x.clone(), sch, grid, eta=1.0, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(ddim, ddpm, atol=1e-4, rtol=1e-4)
 
 
@@ -51,10 +84,10 @@ def test_ddim_eta_0_is_deterministic_and_one_step_lands_on_x0_prediction():
     sch = make_schedule("linear", 1000)
     denoise = dummy_denoiser(sch)
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    a = ddim_sample(denoise, x.clone(), sch, 10, generator=torch.Generator().manual_seed(1))
-    b = ddim_sample(denoise, x.clone(), sch, 10, generator=torch.Generator().manual_seed(2))
+    a = ddim_sample(denoise, x.clone(), sch, spaced_timesteps(1000, 10), generator=torch.Generator().manual_seed(1))
+    b = ddim_sample(denoise, x.clone(), sch, spaced_timesteps(1000, 10), generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(a, b)
-    one = ddim_sample(denoise, x.clone(), sch, 1)
+    one = ddim_sample(denoise, x.clone(), sch, [999])
     x0_hat, _ = denoise(x, torch.full((2,), 999))
     torch.testing.assert_close(one, x0_hat)
 
@@ -67,8 +100,8 @@ def exact_gaussian_denoiser(sch, mu, s, batch):
             ab = sch.alpha_bar[t].view(-1, 1, 1, 1)
             return mu + ab.sqrt() * s**2 / (ab * s**2 + 1 - ab) * (x - ab.sqrt() * mu)  # an x0-objective model
 
-    return guided_denoiser(ExactGaussianDenoiser(), sch, "x0", torch.zeros(batch, dtype=torch.long), null_class=10,
-                           clip_x0=False)
+    return guided_denoiser(ExactGaussianDenoiser(), sch, X0Prediction(), torch.zeros(batch, dtype=torch.long),
+                           null_class=10, clip_x0=False)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim100", "ddim200_eta05"])
@@ -82,11 +115,11 @@ def test_samplers_with_the_exact_denoiser_reproduce_gaussian_data(sampler):
     x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     if sampler == "ddpm":
-        out = ddpm_sample(denoise, x, sch, generator=g)
+        out = ddpm_sample(denoise, x, sch, sampler_timesteps("ddpm", 1000), generator=g)
     elif sampler == "ddim100":
-        out = ddim_sample(denoise, x, sch, 100, generator=g)
+        out = ddim_sample(denoise, x, sch, spaced_timesteps(1000, 100), generator=g)
     else:
-        out = ddim_sample(denoise, x, sch, 200, eta=0.5, generator=g)
+        out = ddim_sample(denoise, x, sch, spaced_timesteps(1000, 200), eta=0.5, generator=g)
     assert out.mean().item() == pytest.approx(mu, abs=0.02)
     assert out.std().item() == pytest.approx(s, rel=0.03)
 
@@ -96,12 +129,14 @@ def test_ddim_error_shrinks_as_steps_grow():
     sch = make_schedule("cosine", 1000)
     denoise = exact_gaussian_denoiser(sch, 0.3, 0.5, 16)
     x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    errors = [abs(ddim_sample(denoise, x.clone(), sch, steps).std().item() - 0.5) for steps in (10, 50, 200)]
+    errors = [abs(ddim_sample(denoise, x.clone(), sch, spaced_timesteps(1000, steps)).std().item() - 0.5)
+              for steps in (10, 50, 200)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.01
 
 
 def test_callback_sees_every_step():
     sch = make_schedule("linear", 50)
     seen = []
-    ddim_sample(dummy_denoiser(sch), torch.zeros(1, 1, 28, 28), sch, 7, callback=lambda info: seen.append(info["t"]))
-    assert seen == ddim_timesteps(50, 7)
+    ddim_sample(dummy_denoiser(sch), torch.zeros(1, 1, 28, 28), sch, spaced_timesteps(50, 7),
+                callback=lambda info: seen.append(info["t"]))
+    assert seen == spaced_timesteps(50, 7)

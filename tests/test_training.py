@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from tinydiff_cli.checkpoint import load_checkpoint, load_model
+from tinydiff_cli.checkpoint import load_checkpoint
+from tinydiff_cli.pipeline import Pipeline
 from tinydiff_cli.config import load_config
 from tinydiff_cli.errors import TinydiffError
 from tinydiff_cli.training import Trainer, lr_at
@@ -61,7 +62,7 @@ def test_checkpoint_holds_config_and_loads_ema_weights(tiny_preset, data_dir, tm
     meta = json.loads((tmp_path / "last.json").read_text())
     assert meta["step"] == 2 and meta["config"]["diffusion"]["timesteps"] == 50
     assert meta["data"]["num_classes"] == 10
-    model = load_model(load_checkpoint(tmp_path / "last.safetensors"))
+    model = Pipeline.from_checkpoint(tmp_path / "last.safetensors").model
     for a, b in zip(model.state_dict().values(), trainer.ema.ema_model.state_dict().values()):
         torch.testing.assert_close(a, b)
 

@@ -7,12 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tinydiff_cli.checkpoint import load_checkpoint, load_model
 from tinydiff_cli.cli import app
 from tinydiff_cli.export import example_inputs
-from tinydiff_cli.samplers import ddim_timesteps
-from tinydiff_cli.sampling import denoise_trajectory, labels_for, sample_images
-from tinydiff_cli.schedules import make_schedule
+from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.samplers import spaced_timesteps
 
 runner = CliRunner()
 
@@ -51,16 +49,17 @@ def test_visualize_denoise_gif_and_strip(run_dir, tmp_path):
 
 
 def test_trajectory_ends_on_the_same_image_as_sample(run_dir):
-    ckpt = load_checkpoint(run_dir)
-    model, cfg = load_model(ckpt), ckpt.config
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    labels = labels_for(7, 3)
-    traj = denoise_trajectory(model, schedule, "eps", labels, ddim_steps=4, w=2.0, seed=11)
+    pipe = Pipeline.from_checkpoint(run_dir)
+    labels = pipe.labels(7, 3)
+    traj = pipe.trajectory(labels, sampler="ddim", steps=4, w=2.0, seed=11)
     assert traj.x.shape == (5, 3, 1, 28, 28) and traj.x0.shape == (4, 3, 1, 28, 28)
-    assert traj.timesteps == ddim_timesteps(50, 4)
-    assert traj.alpha_bar[0] == pytest.approx(schedule.alpha_bar[49].item())
-    final = sample_images(model, schedule, "eps", labels, ddim_steps=4, w=2.0, seed=11)
+    assert traj.timesteps == spaced_timesteps(50, 4)
+    assert traj.alpha_bar[0] == pytest.approx(pipe.schedule.alpha_bar[49].item())
+    final = pipe.sample(labels, sampler="ddim", steps=4, w=2.0, seed=11)
     torch.testing.assert_close(traj.x[-1], final)
+    ddpm = pipe.trajectory(labels[:1], sampler="ddpm", seed=11)
+    assert ddpm.timesteps == list(range(49, -1, -1))
+    torch.testing.assert_close(ddpm.x[-1], pipe.sample(labels[:1], sampler="ddpm", seed=11))
 
 
 def test_compare_json_and_grid(run_dir, tmp_path):
@@ -93,10 +92,10 @@ def test_export_pt2_matches_pytorch(run_dir, tmp_path):
     out = tmp_path / "model.pt2"
     result = invoke("export", "--checkpoint", run_dir, "--format", "pt2", "--out", out)
     assert "max abs error" in result.output
-    model = load_model(load_checkpoint(run_dir))
-    x, t, labels = example_inputs(7, seed=5)  # another batch size than the export's
+    pipe = Pipeline.from_checkpoint(run_dir)
+    x, t, labels = example_inputs(pipe, 7, seed=5)  # another batch size than the export's
     reloaded = torch.export.load(str(out)).module()
-    torch.testing.assert_close(reloaded(x, t, labels), model(x, t, labels), atol=1e-4, rtol=0)
+    torch.testing.assert_close(reloaded(x, t, labels), pipe.model(x, t, labels), atol=1e-4, rtol=0)
 
 
 def test_export_onnx_matches_pytorch(run_dir, tmp_path):
@@ -104,11 +103,11 @@ def test_export_onnx_matches_pytorch(run_dir, tmp_path):
     out = tmp_path / "model.onnx"
     result = invoke("export", "--checkpoint", run_dir, "--format", "onnx", "--out", out)
     assert "onnxruntime vs PyTorch" in result.output
-    model = load_model(load_checkpoint(run_dir))
-    x, t, labels = example_inputs(3, seed=9)
+    pipe = Pipeline.from_checkpoint(run_dir)
+    x, t, labels = example_inputs(pipe, 3, seed=9)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"x_t": x.numpy(), "t": t.numpy(), "labels": labels.numpy()})
-    np.testing.assert_allclose(got, model(x, t, labels).detach().numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, pipe.model(x, t, labels).detach().numpy(), atol=1e-4, rtol=0)
 
 
 def test_bad_export_format(run_dir):

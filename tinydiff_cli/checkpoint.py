@@ -1,7 +1,7 @@
-"""Checkpoints: tensors in safetensors, everything else in a JSON sidecar; nothing is pickled.
+"""The checkpoint format: tensors in safetensors, everything else in a JSON sidecar; nothing is pickled.
 
-    run/last.safetensors   model.*, ema.*, optim.* tensors and RNG states (rng.*)
-    run/last.json          config, step, elapsed time, optimizer hyper-parameters, data facts
+    run/last.safetensors   model.*, ema.*, optim.* tensors and RNG states (rng.*)  (see TrainState)
+    run/last.json          config, step, elapsed time, optimizer hyper-parameters, data facts (see DataInfo)
 
 `last` always points at the newest state; `ckpt_<step>` copies are kept every train.checkpoint_every steps.
 Both files are written atomically, tensors first. The tensors' metadata repeats the step and elapsed time, so a
@@ -18,11 +18,35 @@ from safetensors.torch import safe_open, save_file
 
 from .atomic import atomic_path, write_text_atomic
 from .config import Config, config_from_dict, config_to_dict
+from .data import CLASS_NAMES
 from .errors import TinydiffError
 
 FORMAT = "tinydiff-checkpoint"
 MODEL_FORMAT = "tinydiff-model"  # `tinydiff export`: EMA weights with config and data facts in the metadata
 VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model was trained on, as its checkpoint records it (the "data" entry of the JSON)."""
+
+    dataset: str
+    image_size: int
+    channels: int
+    num_classes: int  # the null (unconditional) class is label num_classes
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def from_meta(cls, data: dict, dataset: str) -> "DataInfo":
+        """Defaults fill what checkpoints from before these keys existed lack: 28x28 grey, 10 classes."""
+        dataset = data.get("dataset", dataset)
+        num_classes = int(data.get("num_classes", 10))
+        names = data.get("class_names") or CLASS_NAMES.get(dataset) or [str(i) for i in range(num_classes)]
+        return cls(dataset, int(data.get("image_size", 28)), int(data.get("channels", 1)), num_classes, tuple(names))
+
+    def to_meta(self) -> dict:
+        return {"dataset": self.dataset, "image_size": self.image_size, "channels": self.channels,
+                "num_classes": self.num_classes, "class_names": list(self.class_names)}
 
 
 @dataclass
@@ -34,6 +58,15 @@ class Checkpoint:
     @property
     def config(self) -> Config:
         return config_from_dict(self.meta["config"])
+
+    @property
+    def data(self) -> DataInfo:
+        return DataInfo.from_meta(self.meta.get("data", {}), self.config.data.dataset)
+
+    @property
+    def is_training_checkpoint(self) -> bool:
+        """False for an exported model, which holds the EMA weights only."""
+        return self.meta.get("format") == FORMAT
 
     @property
     def step(self) -> int:
@@ -141,19 +174,72 @@ def find_latest_checkpoint(root: str | Path = "runs") -> Path:
     return candidates[-1]
 
 
-def load_model(ckpt: Checkpoint, device="cpu", use_ema: bool = True):
-    """Rebuild the backbone from the checkpoint's config and load its EMA (or raw) weights, in eval mode."""
+def load_model(ckpt: Checkpoint, device="cpu", weights: str = "ema"):
+    """Rebuild the backbone from the checkpoint's config and load its EMA ("ema") or training ("raw") weights,
+    in eval mode."""
     from .models import build_model
 
-    cfg = ckpt.config
-    data = ckpt.meta.get("data", {})
-    model = build_model(cfg.model, image_size=data.get("image_size", 28), in_channels=data.get("channels", 1),
-                        num_classes=data.get("num_classes", 10))
-    weights = ckpt.tensors("ema" if use_ema else "model")
-    if not weights:
-        raise TinydiffError(f"{ckpt.tensors_path} holds no {'ema' if use_ema else 'model'} weights")
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    data = ckpt.data
+    model = build_model(ckpt.config.model, image_size=data.image_size, in_channels=data.channels,
+                        num_classes=data.num_classes)
+    prefix = "ema" if weights == "ema" else "model"
+    state = ckpt.tensors(prefix)
+    if not state:
+        raise TinydiffError(f"{ckpt.tensors_path} holds no {prefix} weights")
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise TinydiffError(f"{ckpt.tensors_path} does not match its config ({str(e).splitlines()[0]})") from None
     return model.to(device).eval().requires_grad_(False)
+
+
+@dataclass
+class TrainState:
+    """Everything a run carries across a restart besides the config: the weights, the EMA copy, the optimizer's
+    moments and the RNG streams. `tensors` and `restore` map it to and from a checkpoint's tensors."""
+
+    model: torch.nn.Module
+    ema_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the run's stream for timesteps, noise and label dropout
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema_model.state_dict().items()})
+        for index, state in self.optimizer.state_dict()["state"].items():
+            tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in state.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.train"] = self.generator.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return tensors
+
+    def optimizer_settings(self) -> dict:
+        """The optimizer's hyper-parameters, for the JSON (the moments travel as tensors)."""
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.state_dict()["param_groups"]]
+        return {"type": type(self.optimizer).__name__, "param_groups": groups}
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Load weights, EMA, optimizer moments and RNG streams. The optimizer's hyper-parameters stay those of the
+        current config, so that --set train.weight_decay=... applies on resume."""
+        try:
+            self.model.load_state_dict(ckpt.tensors("model"))
+            self.ema_model.load_state_dict(ckpt.tensors("ema"))
+        except RuntimeError as e:
+            raise TinydiffError(f"{ckpt.tensors_path} does not fit the model in the config ({str(e).splitlines()[0]})") from None
+        state: dict[int, dict] = {}
+        for key, value in ckpt.tensors("optim").items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value.to(self.device) if name != "step" else value
+        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+        rng = ckpt.tensors("rng")
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["train"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)

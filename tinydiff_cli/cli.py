@@ -23,7 +23,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Options that several commands share, declared once.
 CheckpointOption = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="Checkpoint (.json/.safetensors), exported .safetensors or run folder. \\[default: newest under runs/]")]
-DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps; absent: DDPM over all T steps.")]
+DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps (short for --sampler ddim --steps N); absent: DDPM over all T steps.")]
+SamplerOption = Annotated[Optional[str], typer.Option(
+    "--sampler", help="Sampler from the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: ddpm]")]
+StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: all T]")]
 EtaOption = Annotated[float, typer.Option("--eta", help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[float, typer.Option("--w", help=GUIDANCE_HELP)]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
@@ -97,6 +100,8 @@ def sample(
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' (one class per grid column) or 'none' (unconditional).")] = "all",
     n: Annotated[int, typer.Option(help="Number of images.")] = 100,
     ddim: DdimOption = None,
+    sampler: SamplerOption = None,
+    steps: StepsOption = None,
     eta: EtaOption = 0.0,
     w: GuidanceOption = 1.0,
     seed: SeedOption = 0,
@@ -107,10 +112,13 @@ def sample(
     raw_weights: Annotated[bool, typer.Option("--raw-weights", help="Use the raw training weights instead of the EMA weights.")] = False,
 ):
     """Sample a grid (and optionally an .npz) from a trained checkpoint."""
+    from .commands.common import SamplingOptions
     from .commands.sample import run_sample
 
-    run_sample(checkpoint=checkpoint, digit=digit, n=n, ddim=ddim, eta=eta, w=w, seed=seed, out=out, npz=npz,
-               batch_size=batch_size, device=device, use_ema=not raw_weights)
+    options = SamplingOptions.from_flags(ddim=ddim, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed,
+                                         batch_size=batch_size)
+    run_sample(checkpoint=checkpoint, digit=digit, n=n, options=options, out=out, npz=npz, device=device,
+               weights="raw" if raw_weights else "ema")
 
 
 @app.command("eval")
@@ -123,6 +131,8 @@ def eval_(
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none' (unconditional).")] = "all",
     n: Annotated[int, typer.Option(help="Number of samples (FID depends on N: compare at equal N).")] = 5000,
     ddim: DdimOption = None,
+    sampler: SamplerOption = None,
+    steps: StepsOption = None,
     eta: EtaOption = 0.0,
     w: GuidanceOption = 1.0,
     seed: SeedOption = 0,
@@ -131,10 +141,13 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on stdout (progress goes to stderr).")] = False,
 ):
     """Score samples: FID in a domain classifier's feature space (with the real-data floor) and class accuracy."""
+    from .commands.common import SamplingOptions
     from .commands.eval import run_eval
 
-    run_eval(checkpoint=checkpoint, npz=npz, dataset=dataset, data_dir=data_dir, digit=digit, n=n, ddim=ddim, eta=eta,
-             w=w, seed=seed, batch_size=batch_size, device=device, as_json=as_json)
+    options = SamplingOptions.from_flags(ddim=ddim, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed,
+                                         batch_size=batch_size)
+    run_eval(checkpoint=checkpoint, npz=npz, dataset=dataset, data_dir=data_dir, digit=digit, n=n, options=options,
+             device=device, as_json=as_json)
 
 
 visualize_app = typer.Typer(no_args_is_help=True, help="Pictures of what diffusion does: forward noising, schedules, the reverse process.")
@@ -155,7 +168,7 @@ def visualize_forward(
     """Real images (rows) noised by q(x_t | x_0) at several t (labelled columns), as one PNG."""
     from .commands.visualize import run_forward
 
-    run_forward(dataset, data_dir, n, schedule, timesteps, seed, out)
+    run_forward(dataset=dataset, data_dir=data_dir, n=n, schedule=schedule, timesteps=timesteps, seed=seed, out=out)
 
 
 @visualize_app.command("schedule")
@@ -167,7 +180,7 @@ def visualize_schedule(
     """alpha_bar_t and log-SNR over t for the linear, cosine and sigmoid schedules, on one labelled chart."""
     from .commands.visualize import run_schedule
 
-    run_schedule(out, T)
+    run_schedule(out=out, T=T)
 
 
 @visualize_app.command("denoise")
@@ -177,6 +190,8 @@ def visualize_denoise(
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none' (unconditional).")] = "3",
     n: Annotated[int, typer.Option(help="Number of samples shown (at most 16).")] = 1,
     ddim: DdimOption = None,
+    sampler: SamplerOption = None,
+    steps: StepsOption = None,
     eta: EtaOption = 0.0,
     w: GuidanceOption = 1.0,
     seed: SeedOption = 0,
@@ -184,9 +199,11 @@ def visualize_denoise(
     device: DeviceOption = "auto",
 ):
     """The reverse process as an animated GIF and a PNG strip: x_t beside the model's predicted x_0."""
+    from .commands.common import SamplingOptions
     from .commands.visualize import run_denoise
 
-    run_denoise(checkpoint, digit, n, ddim, eta, w, seed, out, device)
+    options = SamplingOptions.from_flags(ddim=ddim, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed)
+    run_denoise(checkpoint=checkpoint, digit=digit, n=n, options=options, out=out, device=device)
 
 
 @visualize_app.command("app")
@@ -200,14 +217,15 @@ def visualize_app_command(
     """An interactive denoising viewer in the browser (needs: pip install 'tinydiff\\[app]')."""
     from .commands.app import run_app
 
-    run_app(runs, host, port, open_browser=not no_browser)
+    run_app(runs=runs, host=host, port=port, open_browser=not no_browser)
 
 
 @app.command()
 @user_errors
 def compare(
     checkpoint: CheckpointOption = None,
-    steps: Annotated[str, typer.Option(help="Comma-separated DDIM step counts to compare against DDPM.")] = "10,50,100",
+    samplers: Annotated[str, typer.Option(help="Comma-separated samplers from the registry to compare against DDPM.")] = "ddim",
+    steps: Annotated[str, typer.Option(help="Comma-separated step counts, each run with every sampler.")] = "10,50,100",
     n: Annotated[int, typer.Option(help="Samples per sampler (FID depends on N: compare at equal N).")] = 50,
     digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none'.")] = "all",
     w: GuidanceOption = 1.0,
@@ -221,10 +239,13 @@ def compare(
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ):
-    """DDPM (all T steps) against DDIM at several step counts: time, speed-up, FID and class accuracy."""
+    """DDPM (all T steps) against DDIM (or --samplers) at several step counts: time, speed-up, FID and class accuracy."""
+    from .commands.common import SamplingOptions
     from .commands.compare import run_compare
 
-    run_compare(checkpoint, steps, n, digit, w, eta, seed, show, out, evaluate, data_dir, batch_size, device, as_json)
+    options = SamplingOptions(eta=eta, w=w, seed=seed, batch_size=batch_size)
+    run_compare(checkpoint=checkpoint, samplers=samplers, steps=steps, n=n, digit=digit, options=options, show=show,
+                out=out, evaluate=evaluate, data_dir=data_dir, device=device, as_json=as_json)
 
 
 @app.command()
@@ -237,7 +258,7 @@ def export(
     """Export the EMA denoiser: a self-contained safetensors file, ONNX (checked with onnxruntime) or torch.export."""
     from .commands.export import run_export
 
-    run_export(checkpoint, format, out)
+    run_export(checkpoint=checkpoint, fmt=format, out=out)
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

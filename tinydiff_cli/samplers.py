@@ -1,17 +1,21 @@
-"""Samplers: plain functions over tensors with one shared shape of signature.
+"""Samplers: plain functions over tensors, one shared signature, one registry.
 
-    sampler(denoise, x, schedule, ..., *, generator=None, callback=None) -> x_0
+    sampler(denoise, x, schedule, timesteps, *, generator=None, callback=None, ...) -> x_0
 
-`denoise(x_t, t)` returns (predicted x_0, predicted eps) (see guidance.guided_denoiser). `callback`, when
-given, is called after every step with a dict (i, steps, t, x, x0) and feeds progress bars and GIF frames.
+`denoise(x_t, t)` returns (predicted x_0, predicted eps) (see guidance.guided_denoiser). `timesteps` is the
+descending grid from `sampler_timesteps`; each step reads its successor from it, and the last lands on x_0.
+`callback`, when given, is called after every step with a dict (i, steps, t, x, x0): progress bars, GIF frames.
+Options beyond the shared ones (such as DDIM's eta) are keyword-only with defaults.
+
+Adding a sampler means writing its function and adding it to SAMPLERS; the CLI's choices come from there.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 from .schedules import Schedule
-
-SAMPLERS = ("ddpm", "ddim")
 
 
 def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
@@ -23,36 +27,29 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 
 @torch.no_grad()
-def ddpm_sample(denoise, x, schedule: Schedule, *, generator=None, callback=None):
-    """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2, with the posterior of eq. 7)."""
-    T = schedule.T
-    for i, t in enumerate(range(T - 1, -1, -1)):
+def ddpm_sample(denoise, x, schedule: Schedule, timesteps: list[int], *, generator=None, callback=None):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2, with the posterior of eq. 7) over the full grid T-1..0."""
+    if list(timesteps) != list(range(timesteps[0], -1, -1)):
+        raise ValueError("DDPM steps through every timestep down to 0; use ddim (eta=1 is DDPM's variance) for fewer")
+    for i, t in enumerate(timesteps):
         x0, _ = denoise(x, _batch_t(t, x))
         mean = schedule.posterior_mean_coef_x0[t] * x0 + schedule.posterior_mean_coef_xt[t] * x
         x = mean + schedule.posterior_variance[t].sqrt() * _noise_like(x, generator) if t > 0 else mean
         if callback is not None:
-            callback({"i": i, "steps": T, "t": t, "x": x, "x0": x0})
+            callback({"i": i, "steps": len(timesteps), "t": t, "x": x, "x0": x0})
     return x
 
 
-def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """`steps` timesteps from T-1 downwards, evenly spaced and ending near 0 ("trailing" spacing,
-    Lin et al. 2024, table 2), so that even one step starts from pure noise at t = T-1."""
-    if not 1 <= steps <= T:
-        raise ValueError(f"DDIM steps must be between 1 and T={T}, got {steps}")
-    return [round(T - i * T / steps) - 1 for i in range(steps)]
-
-
 def ddim_sigma(alpha_bar, alpha_bar_prev, eta: float):
-    """Song et al. eq. 16: sigma_t(eta); eta = 1 gives DDPM's posterior standard deviation."""
+    """Song et al. 2021, eq. 16: sigma_t(eta); eta = 1 gives DDPM's posterior standard deviation."""
     return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
 
 
 @torch.no_grad()
-def ddim_sample(denoise, x, schedule: Schedule, steps: int, *, eta: float = 0.0, generator=None, callback=None):
-    """DDIM (Song et al. 2021, eq. 12) over `steps` timesteps; eta = 0 is deterministic, eta = 1 is
-    DDPM's posterior variance. The previous timestep is read from the step list; the last step lands on x_0."""
-    timesteps = ddim_timesteps(schedule.T, steps)
+def ddim_sample(denoise, x, schedule: Schedule, timesteps: list[int], *, generator=None, callback=None,
+                eta: float = 0.0):
+    """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 is DDPM's posterior variance."""
+    steps = len(timesteps)
     for i, t in enumerate(timesteps):
         x0, eps = denoise(x, _batch_t(t, x))
         alpha_bar = schedule.alpha_bar[t]
@@ -65,3 +62,46 @@ def ddim_sample(denoise, x, schedule: Schedule, steps: int, *, eta: float = 0.0,
         if callback is not None:
             callback({"i": i, "steps": steps, "t": t, "x": x, "x0": x0})
     return x
+
+
+SAMPLERS = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+}
+FULL_GRID_ONLY = {"ddpm"}  # samplers whose update is only defined between neighbouring timesteps
+
+
+def check_sampler(name: str):
+    """The registered sampler `name`, or a ValueError that lists the choices."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def spaced_timesteps(T: int, steps: int) -> list[int]:
+    """`steps` timesteps from T-1 downwards, evenly spaced and ending near 0 ("trailing" spacing, Lin et al. 2024,
+    table 2), so that even one step starts from pure noise at t = T-1; steps = T is the full grid."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and T={T}, got {steps}")
+    return [round(T - i * T / steps) - 1 for i in range(steps)]
+
+
+def sampler_timesteps(name: str, T: int, steps: int | None = None) -> list[int]:
+    """The grid sampler `name` walks: `steps` trailing-spaced timesteps, all T when steps is None. DDPM always
+    takes all T (its posterior is the one-step one, Ho et al. eq. 7)."""
+    check_sampler(name)
+    if name in FULL_GRID_ONLY and steps not in (None, T):
+        raise ValueError(f"{name} always runs all T={T} steps; for {steps} steps use ddim (eta=1 is DDPM's noise)")
+    return spaced_timesteps(T, T if steps is None else steps)
+
+
+def sampler_options(name: str, **options) -> dict:
+    """The options (e.g. eta) that sampler `name` accepts, dropping None values and those it has no use for
+    (DDPM has no eta); so a caller can offer one set of settings to every sampler."""
+    accepted = inspect.signature(check_sampler(name)).parameters
+    return {k: v for k, v in options.items() if v is not None and k in accepted}
+
+
+def sampler_label(name: str, timesteps: list[int]) -> str:
+    """'DDIM-10', 'DDPM-1000': the sampler and its number of model evaluations per image (without guidance)."""
+    return f"{name.upper()}-{len(timesteps)}"

@@ -9,8 +9,8 @@ import torch
 
 from .figures import image_table, schedule_chart, trajectory_strip
 from .images import save_gif, trajectory_frames
-from .objectives import q_sample
-from .sampling import Trajectory
+from .parameterization import q_sample
+from .pipeline import Trajectory
 from .schedules import SCHEDULES, Schedule, make_schedule
 
 FORWARD_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)

@@ -1,7 +1,7 @@
 """What the viewer does, without Streamlit: find models, load one, generate a trajectory, render frames.
 
-The page script (streamlit_app.py) only lays out widgets; generation goes through the same engine function
-as `tinydiff visualize denoise` (`sampling.denoise_trajectory`), so there is no second sampler or guidance.
+The page script (streamlit_app.py) only lays out widgets; generation goes through the same engine method
+as `tinydiff visualize denoise` (`Pipeline.trajectory`), so there is no second sampler or guidance.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import FORMAT, MODEL_FORMAT, Checkpoint, load_checkpoint, load_model
-from ..data import CLASS_NAMES, to_uint8
+from ..checkpoint import FORMAT, MODEL_FORMAT
+from ..data import to_uint8
 from ..errors import TinydiffError
 from ..images import encode_gif, trajectory_frames, upscale
-from ..sampling import Trajectory, denoise_trajectory
-from ..schedules import make_schedule
+from ..pipeline import Pipeline, Trajectory
+from ..samplers import FULL_GRID_ONLY, SAMPLERS, sampler_options
 from ..visualize import frames_with_result, pick_frames
 
 model_forward_calls = 0  # counts denoiser forwards in this process; the tests check that scrubbing adds none
@@ -26,17 +26,6 @@ model_forward_calls = 0  # counts denoiser forwards in this process; the tests c
 class ModelEntry:
     path: Path
     label: str
-
-
-@dataclass
-class LoadedModel:
-    checkpoint: Checkpoint
-    model: torch.nn.Module
-    class_names: list[str]
-
-    @property
-    def T(self) -> int:
-        return self.checkpoint.config.diffusion.timesteps
 
 
 def describe_file(path: Path, root: Path) -> str:
@@ -74,30 +63,30 @@ def find_models(root: str | Path) -> list[ModelEntry]:
     return [ModelEntry(p, describe_file(p, root)) for p in paths]
 
 
-def load(path: str | Path, device="cpu") -> LoadedModel:
+def load(path: str | Path, device="cpu") -> Pipeline:
     """Load a model for the viewer; a TinydiffError carries the message for the page."""
-    ckpt = load_checkpoint(path)
-    model = load_model(ckpt, device)
+    pipe = Pipeline.from_checkpoint(path, device=device)
 
     def count(module, inputs, output):
         global model_forward_calls
         model_forward_calls += 1
 
-    model.register_forward_hook(count)
-    names = ckpt.meta.get("data", {}).get("class_names") or CLASS_NAMES.get(ckpt.config.data.dataset, [])
-    return LoadedModel(ckpt, model, list(names))
+    pipe.model.register_forward_hook(count)
+    return pipe
 
 
-def generate(loaded: LoadedModel, label: int | None, sampler: str, steps: int, eta: float, w: float,
+def sampler_controls(sampler: str) -> tuple[bool, bool]:
+    """Which controls the sampler uses: (a number of steps, eta)."""
+    return sampler not in FULL_GRID_ONLY, "eta" in sampler_options(sampler, eta=0.0)
+
+
+def generate(pipe: Pipeline, *, label: int | None, sampler: str, steps: int | None, eta: float, w: float,
              seed: int) -> Trajectory:
-    """One sample's whole trajectory. label None is unconditional; sampler is "DDPM" or "DDIM"."""
-    cfg = loaded.checkpoint.config
-    if sampler not in ("DDPM", "DDIM"):
+    """One sample's whole trajectory. label None is unconditional; sampler is a name from samplers.SAMPLERS."""
+    if sampler not in SAMPLERS:
         raise TinydiffError(f"unknown sampler {sampler}")
-    labels = torch.tensor([len(loaded.class_names) if label is None else label])
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    return denoise_trajectory(loaded.model, schedule, cfg.diffusion.objective, labels,
-                              ddim_steps=steps if sampler == "DDIM" else None, eta=eta, w=w, seed=seed)
+    labels = torch.tensor([pipe.null_class if label is None else label])
+    return pipe.trajectory(labels, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed)
 
 
 @dataclass

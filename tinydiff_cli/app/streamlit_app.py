@@ -10,12 +10,14 @@ import streamlit as st
 from tinydiff_cli.app import logic
 from tinydiff_cli.cli import GUIDANCE_HELP
 from tinydiff_cli.errors import TinydiffError
+from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.samplers import SAMPLERS
 
 RUNS = Path(os.environ.get("TINYDIFF_APP_RUNS", "runs"))
 
 
 @st.cache_resource(show_spinner="loading the model ...")
-def load_model(path: str, mtime: float) -> logic.LoadedModel:
+def load_model(path: str, mtime: float) -> Pipeline:
     """Loaded once per file version and kept across reruns and sessions."""
     return logic.load(path)
 
@@ -26,30 +28,33 @@ def sidebar(entries: list[logic.ModelEntry]):
         st.header("Settings")
         entry = st.selectbox("Checkpoint", entries, format_func=lambda e: e.label, key="checkpoint")
         try:
-            loaded = load_model(str(entry.path), entry.path.stat().st_mtime)
+            pipe = load_model(str(entry.path), entry.path.stat().st_mtime)
         except (TinydiffError, OSError) as e:
             st.error(f"Cannot use {entry.path.name}: {e}")
             st.stop()
-        classes = ["unconditional"] + loaded.class_names
+        classes = ["unconditional"] + list(pipe.class_names)
         choice = st.selectbox("Class", classes, index=min(4, len(classes) - 1), key="class")
-        sampler = st.radio("Sampler", ["DDIM", "DDPM"], horizontal=True, key="sampler")
-        if sampler == "DDIM":
-            steps = st.slider("Steps", 1, loaded.T, min(50, loaded.T), key="steps")
-            eta = st.slider("eta (0: deterministic, 1: DDPM-like noise)", 0.0, 1.0, 0.0, 0.1, key="eta")
-        else:
-            steps, eta = loaded.T, 1.0
-            st.caption(f"DDPM runs all T = {loaded.T} steps.")
+        names = list(SAMPLERS)
+        sampler = st.radio("Sampler", names, index=names.index("ddim"), format_func=str.upper, horizontal=True,
+                           key="sampler")
+        takes_steps, takes_eta = logic.sampler_controls(sampler)
+        steps = st.slider("Steps", 1, pipe.T, min(50, pipe.T), key="steps") if takes_steps else None
+        eta = st.slider("eta (0: deterministic, 1: DDPM-like noise)", 0.0, 1.0, 0.0, 0.1, key="eta") if takes_eta else 0.0
+        if not takes_steps:
+            st.caption(f"{sampler.upper()} runs all T = {pipe.T} steps.")
         w = st.slider("Guidance w", 0.0, 8.0, 1.0, 0.5, help=GUIDANCE_HELP, key="w")
         seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
         st.caption("w: " + GUIDANCE_HELP)
         pressed = st.button("Generate", type="primary", key="generate", use_container_width=True)
     label = None if choice == "unconditional" else classes.index(choice) - 1
-    return loaded, entry, dict(label=label, sampler=sampler, steps=int(steps), eta=float(eta), w=float(w), seed=int(seed)), pressed
+    settings = dict(label=label, sampler=sampler, steps=None if steps is None else int(steps), eta=float(eta), w=float(w),
+                    seed=int(seed))
+    return pipe, entry, settings, pressed
 
 
-def generate(loaded: logic.LoadedModel, entry: logic.ModelEntry, settings: dict) -> None:
+def generate(pipe: Pipeline, entry: logic.ModelEntry, settings: dict) -> None:
     with st.spinner("denoising ..."):
-        traj = logic.generate(loaded, **settings)
+        traj = logic.generate(pipe, **settings)
     st.session_state.result = {"trajectory": traj, "frames": logic.render(traj), "settings": settings,
                                "model": entry.label, "seconds": traj.seconds}
     st.session_state.generations = st.session_state.get("generations", 0) + 1
@@ -60,7 +65,9 @@ def viewer(result: dict) -> None:
     frames, settings = result["frames"], result["settings"]
     last = len(frames.captions) - 1
     what = "unconditional" if settings["label"] is None else f"class {settings['label']}"
-    sampler = f"DDIM-{settings['steps']} (eta {settings['eta']:g})" if settings["sampler"] == "DDIM" else f"DDPM-{settings['steps']}"
+    sampler = f"{settings['sampler'].upper()}-{len(result['trajectory'].timesteps)}"
+    if logic.sampler_controls(settings["sampler"])[1]:
+        sampler += f" (eta {settings['eta']:g})"
     st.caption(f"{result['model']} — {sampler}, {what}, w = {settings['w']:g}, seed {settings['seed']}: "
                f"generated in {result['seconds']:.2f} s")
     index = st.slider("Denoising step (scrubs the stored frames; the model is not run again)", 0, last, key="frame")
@@ -81,10 +88,10 @@ def main() -> None:
         st.info(f"No checkpoints found under {RUNS.resolve()}. Train one with "
                 f"`tinydiff train --preset unet-small --max-minutes 10`, or start the app with `--runs DIR`.")
         st.stop()
-    loaded, entry, settings, pressed = sidebar(entries)
+    pipe, entry, settings, pressed = sidebar(entries)
     if pressed:
         try:
-            generate(loaded, entry, settings)
+            generate(pipe, entry, settings)
         except TinydiffError as e:
             st.error(str(e))
     result = st.session_state.get("result")

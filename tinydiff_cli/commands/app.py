@@ -12,13 +12,13 @@ from ..ui import console
 SCRIPT = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
 
 
-def streamlit_command(runs: Path, host: str, port: int, open_browser: bool) -> list[str]:
+def streamlit_command(*, host: str, port: int, open_browser: bool) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(SCRIPT), "--server.address", host, "--server.port", str(port),
             "--server.headless", "false" if open_browser else "true", "--browser.gatherUsageStats", "false",
             "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]
 
 
-def run_app(runs: Path, host: str, port: int, open_browser: bool) -> None:
+def run_app(*, runs: Path, host: str, port: int, open_browser: bool) -> None:
     if importlib.util.find_spec("streamlit") is None:
         raise TinydiffError("the app needs the app extra: pip install 'tinydiff[app]'")
     if not 1 <= port <= 65535:
@@ -26,7 +26,7 @@ def run_app(runs: Path, host: str, port: int, open_browser: bool) -> None:
     env = {**os.environ, "TINYDIFF_APP_RUNS": str(runs.resolve())}
     console.print(f"tinydiff viewer for models under {runs.resolve()}: http://{host}:{port}  (Ctrl-C stops it)")
     sys.stdout.flush()
-    command = streamlit_command(runs, host, port, open_browser)
+    command = streamlit_command(host=host, port=port, open_browser=open_browser)
     # Become the server rather than its parent, so that a signal to this process (Ctrl-C, kill, a test's
     # terminate()) reaches Streamlit itself and no orphaned server is left behind.
     os.execve(command[0], command, env)

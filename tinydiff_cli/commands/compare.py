@@ -1,4 +1,4 @@
-"""`tinydiff compare`: DDPM against DDIM step counts, side by side."""
+"""`tinydiff compare`: DDPM against other samplers at several step counts, side by side."""
 from __future__ import annotations
 
 import json
@@ -6,17 +6,15 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..checkpoint import find_latest_checkpoint, load_checkpoint, load_model
 from ..classifier import get_classifier
 from ..compare import compare_samplers, speedup
-from ..device import describe, pick_device
+from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Scorer
 from ..figures import image_table
-from ..sampling import labels_for
-from ..schedules import make_schedule
+from ..samplers import SAMPLERS
 from ..ui import console, err_console
-from .sample import check_args, check_output, parse_digit
+from .common import SamplingOptions, check_output, load_pipeline, parse_digit, source_of
 
 
 def parse_steps(text: str, T: int) -> list[int]:
@@ -29,35 +27,42 @@ def parse_steps(text: str, T: int) -> list[int]:
     return steps
 
 
-def run_compare(checkpoint, steps: str, n: int, digit: str, w: float, eta: float, seed: int, show: int, out: Path,
-                evaluate: bool, data_dir, batch_size, device: str, as_json: bool) -> None:
+def parse_samplers(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SAMPLERS]
+    if not names or unknown:
+        raise TinydiffError(f"--samplers must be comma-separated names from {', '.join(SAMPLERS)}, got '{text}'")
+    return names
+
+
+def run_compare(*, checkpoint: Path | None, samplers: str, steps: str, n: int, digit: str, options: SamplingOptions,
+                show: int, out: Path, evaluate: bool, data_dir, device: str, as_json: bool) -> None:
+    """DDPM over all T steps, then each of `samplers` at each step count."""
     log = err_console if as_json else console
-    ckpt = load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
-    cfg = ckpt.config
-    num_classes = ckpt.meta.get("data", {}).get("num_classes", 10)
-    step_counts = parse_steps(steps, cfg.diffusion.timesteps)
-    check_args(n, None, eta, cfg.diffusion.timesteps, batch_size)
+    pipe = load_pipeline(checkpoint, device)
+    cfg = pipe.checkpoint.config
+    plans = [("ddpm", None)] + [(name, count) for name in parse_samplers(samplers) for count in parse_steps(steps, pipe.T)]
+    options.check(pipe)
     if n < 2 or show < 1:
         raise TinydiffError("--n must be at least 2 and --show at least 1")
     check_output(out)
-    labels = labels_for(parse_digit(digit, num_classes), n, num_classes)
-    dev = pick_device(device)
-    model = load_model(ckpt, dev)
+    labels = pipe.labels(parse_digit(digit, pipe.num_classes), n)
     scorer = None
     if evaluate:
         data_dir = data_dir or cfg.data.data_dir
-        scorer = Scorer(get_classifier(cfg.data.dataset, data_dir, log=log.print), cfg.data.dataset, data_dir, num_classes)
-    log.print(f"comparing samplers on {n} images from {ckpt.json_path} (step {ckpt.step}), w={w:g}, {describe(dev)}")
-    runs = compare_samplers(model, make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps),
-                            cfg.diffusion.objective, labels, step_counts, w=w, eta=eta, seed=seed,
-                            batch_size=batch_size, scorer=scorer, on_start=lambda name: log.print(f"  sampling {name} ..."))
+        scorer = Scorer(get_classifier(cfg.data.dataset, data_dir, log=log.print), cfg.data.dataset, data_dir,
+                        pipe.num_classes)
+    w, eta, seed = options.w, options.eta, options.seed
+    log.print(f"comparing samplers on {n} images from {source_of(pipe)}, w={w:g}, {describe(pipe.device)}")
+    runs = compare_samplers(pipe, labels, plans, scorer=scorer, on_start=lambda name: log.print(f"  sampling {name} ..."),
+                            w=w, eta=eta, seed=seed, batch_size=options.batch_size)
     rows = min(show, n)
     image_table([(f"{r.name}\n{r.seconds_per_image * 1000:.0f} ms/img", r.images[:rows]) for r in runs], out,
-                row_labels=[str(int(lbl)) if lbl < num_classes else "-" for lbl in labels[:rows]],
+                row_labels=[str(int(lbl)) if lbl < pipe.num_classes else "-" for lbl in labels[:rows]],
                 title=f"same noise and labels, w={w:g}")
     results = [run_summary(r, runs[0]) for r in runs]
     if as_json:
-        print(json.dumps({"n": n, "w": w, "eta": eta, "seed": seed, "checkpoint": str(ckpt.json_path),
+        print(json.dumps({"n": n, "w": w, "eta": eta, "seed": seed, "checkpoint": str(pipe.checkpoint.json_path),
                           "grid": str(out), "samplers": results}, indent=2))
         return
     console.print(results_table(results, n))
@@ -75,7 +80,8 @@ def run_summary(run, baseline) -> dict:
 
 def results_table(results: list[dict], n: int) -> Table:
     scored = "fid" in results[0]
-    table = Table(title=f"DDPM vs DDIM, N = {n}" + (" (FID only comparable at equal N)" if scored else ""))
+    others = dict.fromkeys(r["sampler"].rsplit("-", 1)[0] for r in results[1:])
+    table = Table(title=f"DDPM vs {', '.join(others)}, N = {n}" + (" (FID only comparable at equal N)" if scored else ""))
     for column in ["sampler", "wall time", "per image", "speed-up"] + (["FID", "class acc."] if scored else []):
         table.add_column(column, justify="left" if column == "sampler" else "right")
     for r in results:

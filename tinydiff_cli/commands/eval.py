@@ -11,16 +11,13 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from ..checkpoint import find_latest_checkpoint, load_checkpoint, load_model
 from ..classifier import get_classifier
 from ..data import CLASS_NAMES, DATASETS, to_uint8
-from ..device import describe, pick_device
+from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Score, Scorer
-from ..sampling import labels_for, sample_images
-from ..schedules import make_schedule
 from ..ui import console, err_console
-from .sample import check_args, parse_digit
+from .common import SamplingOptions, load_pipeline, parse_digit, source_of
 
 
 def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -41,39 +38,37 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     return torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64))
 
 
-def sample_for_eval(ckpt, dev, digit, n, ddim, eta, w, seed, batch_size, out_console):
-    cfg = ckpt.config
-    num_classes = ckpt.meta.get("data", {}).get("num_classes", 10)
-    choice = parse_digit(digit, num_classes)
-    check_args(n, ddim, eta, cfg.diffusion.timesteps, batch_size)
+def sample_for_eval(pipe, *, digit: str, n: int, options: SamplingOptions, out_console):
+    """-> uint8 images, labels and what to report about how they were drawn."""
+    choice = parse_digit(digit, pipe.num_classes)
     if n < 2:
         raise TinydiffError("--n must be at least 2: FID needs two samples or more")
-    model = load_model(ckpt, dev)
-    labels = labels_for(choice, n, num_classes)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    sampler = f"DDIM-{ddim}" if ddim else f"DDPM-{cfg.diffusion.timesteps}"
-    out_console.print(f"sampling {n} images from {ckpt.json_path} (step {ckpt.step}) with {sampler}, w={w:g} "
-                      f"on {describe(dev)}")
+    options.check(pipe)
+    labels = pipe.labels(choice, n)
+    sampler = pipe.describe_sampler(options.sampler, options.steps)
+    out_console.print(f"sampling {n} images from {source_of(pipe)} with {sampler}, w={options.w:g} "
+                      f"on {describe(pipe.device)}")
     start = time.perf_counter()
-    images = sample_images(model, schedule, cfg.diffusion.objective, labels, ddim_steps=ddim, eta=eta, w=w, seed=seed,
-                           batch_size=batch_size)
+    images = pipe.sample(labels, **options.sample_kwargs())
     seconds = time.perf_counter() - start
-    return to_uint8(images), labels, {"checkpoint": str(ckpt.json_path), "step": ckpt.step, "sampler": sampler,
-                                      "eta": eta, "w": w, "seed": seed, "sampling_seconds": round(seconds, 2)}
+    return to_uint8(images), labels, {"checkpoint": str(pipe.checkpoint.json_path), "step": pipe.checkpoint.step,
+                                      "sampler": sampler, "eta": options.eta, "w": options.w, "seed": options.seed,
+                                      "sampling_seconds": round(seconds, 2)}
 
 
-def run_eval(checkpoint, npz, dataset, data_dir, digit, n, ddim, eta, w, seed, batch_size, device, as_json) -> Score:
+def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, data_dir, digit: str, n: int,
+             options: SamplingOptions, device: str, as_json: bool) -> Score:
     out_console = err_console if as_json else console
-    dev = pick_device(device)
     if npz is not None:
         images, labels = read_npz(npz)
         dataset = dataset or "mnist"
         extra = {"npz": str(npz)}
     else:
-        ckpt = load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
-        dataset = dataset or ckpt.config.data.dataset
-        data_dir = data_dir or ckpt.config.data.data_dir
-        images, labels, extra = sample_for_eval(ckpt, dev, digit, n, ddim, eta, w, seed, batch_size, out_console)
+        pipe = load_pipeline(checkpoint, device)
+        cfg = pipe.checkpoint.config
+        dataset = dataset or cfg.data.dataset
+        data_dir = data_dir or cfg.data.data_dir
+        images, labels, extra = sample_for_eval(pipe, digit=digit, n=n, options=options, out_console=out_console)
     if dataset not in DATASETS:
         raise TinydiffError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     # with --json, stdout carries only the JSON: what torchvision prints while downloading goes to stderr

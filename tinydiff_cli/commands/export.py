@@ -3,34 +3,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import find_latest_checkpoint, load_checkpoint, load_model
 from ..errors import TinydiffError
 from ..export import FORMATS, check_onnx, check_pt2, export_onnx, export_pt2, export_safetensors
 from ..ui import console
+from .common import load_pipeline
 
 SUFFIX = {"safetensors": ".safetensors", "onnx": ".onnx", "pt2": ".pt2"}
 
 
-def run_export(checkpoint, fmt: str, out: Path | None) -> Path:
+def run_export(*, checkpoint: Path | None, fmt: str, out: Path | None) -> Path:
     if fmt not in FORMATS:
         raise TinydiffError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    ckpt = load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
+    pipe = load_pipeline(checkpoint, "cpu")
+    ckpt = pipe.checkpoint
     out = out or Path(f"{ckpt.config.preset}-step{ckpt.step}{SUFFIX[fmt]}")
     if out.resolve() in (ckpt.json_path.resolve(), ckpt.tensors_path.resolve()):
         raise TinydiffError(f"--out {out} would overwrite the checkpoint it exports; choose another path")
-    objective = ckpt.config.diffusion.objective
     if fmt == "safetensors":
-        export_safetensors(ckpt, out)
+        export_safetensors(pipe, out)
         console.print(f"EMA weights and config (step {ckpt.step}) -> {out}; sample with: tinydiff sample --checkpoint {out}")
         return out
-    model = load_model(ckpt, "cpu")
+    objective = pipe.parameterization.name
     if fmt == "onnx":
-        export_onnx(model, out)
-        error = check_onnx(model, out)
+        export_onnx(pipe, out)
+        error = check_onnx(pipe, out)
         check = ("onnxruntime not installed: not checked (pip install 'tinydiff[onnx]')" if error is None
                  else f"onnxruntime vs PyTorch on random inputs: max abs error {error:.2e}")
     else:
-        export_pt2(model, out)
-        check = f"torch.export.load vs PyTorch on random inputs: max abs error {check_pt2(model, out):.2e}"
+        export_pt2(pipe, out)
+        check = f"torch.export.load vs PyTorch on random inputs: max abs error {check_pt2(pipe, out):.2e}"
     console.print(f"denoiser (x_t, t, labels) -> {objective} prediction, dynamic batch -> {out}\n{check}")
     return out

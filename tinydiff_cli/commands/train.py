@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from ..checkpoint import FORMAT, load_checkpoint
+from ..checkpoint import load_checkpoint
 from ..config import apply_overrides, apply_settings, config_from_dict, config_to_dict, read_preset, validate
 from ..device import describe, pick_device
 from ..errors import TinydiffError
@@ -34,14 +34,14 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
         raise TinydiffError(f"nothing to resume at {resume_path}: no checkpoint there; start a new run without --resume, "
                             f"or give --resume the run folder or checkpoint to continue")
     ckpt = load_checkpoint(resume_path)
-    if ckpt.meta["format"] != FORMAT:
+    if not ckpt.is_training_checkpoint:
         raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
                             f"checkpoint such as runs/<name>/last.json")
     cfg = validate(config_from_dict(apply_settings(apply_overrides(ckpt.meta["config"], overrides), settings)))
     return cfg, out or ckpt.json_path.parent, ckpt
 
 
-def run_train(preset: str, overrides: list[str], settings: dict, out: Path | None, device: str, resume: str | None) -> int:
+def run_train(*, preset: str, overrides: list[str], settings: dict, out: Path | None, device: str, resume: str | None) -> int:
     dev = pick_device(device)
     cfg, run_dir, ckpt = resolve_run(preset, overrides, settings, out, resume)
     reporter = RichReporter()

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import find_latest_checkpoint, load_checkpoint, load_model
-from ..data import CLASS_NAMES, load_split, to_model_range
-from ..device import pick_device
+from ..data import load_split, to_model_range
 from ..errors import TinydiffError
-from ..sampling import denoise_trajectory, labels_for
-from ..schedules import SCHEDULES, make_schedule
+from ..schedules import SCHEDULES
 from ..ui import console
 from ..visualize import write_denoise_outputs, write_forward_figure, write_schedule_figure
-from .sample import check_args, parse_digit
+from .common import SamplingOptions, load_pipeline, parse_digit
 
 
 def parse_timesteps(text: str, T: int = 1000) -> list[int]:
@@ -24,7 +21,7 @@ def parse_timesteps(text: str, T: int = 1000) -> list[int]:
     return steps
 
 
-def run_forward(dataset: str, data_dir, n: int, schedule: str, timesteps: str, seed: int, out: Path) -> None:
+def run_forward(*, dataset: str, data_dir, n: int, schedule: str, timesteps: str, seed: int, out: Path) -> None:
     if schedule not in SCHEDULES:
         raise TinydiffError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
     if not 1 <= n <= 64:
@@ -36,29 +33,23 @@ def run_forward(dataset: str, data_dir, n: int, schedule: str, timesteps: str, s
                   f"({schedule} schedule) -> {out}")
 
 
-def run_schedule(out: Path, T: int) -> None:
+def run_schedule(*, out: Path, T: int) -> None:
     if T < 20:
         raise TinydiffError("--T must be at least 20")
     write_schedule_figure(out, T)
     console.print(f"alpha_bar_t and log-SNR for {', '.join(SCHEDULES)} (T={T}) -> {out}")
 
 
-def run_denoise(checkpoint, digit: str, n: int, ddim, eta: float, w: float, seed: int, out: Path, device: str) -> None:
-    ckpt = load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
-    cfg = ckpt.config
-    data = ckpt.meta.get("data", {})
-    num_classes = data.get("num_classes", 10)
-    choice = parse_digit(digit, num_classes)
-    check_args(n, ddim, eta, cfg.diffusion.timesteps, None)
-    if n > 16:
-        raise TinydiffError(f"--n must be at most 16 for an animation, got {n}")
-    model = load_model(ckpt, pick_device(device))
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    traj = denoise_trajectory(model, schedule, cfg.diffusion.objective, labels_for(choice, n, num_classes),
-                              ddim_steps=ddim, eta=eta, w=w, seed=seed)
-    sampler = f"DDIM-{ddim}" if ddim else f"DDPM-{cfg.diffusion.timesteps}"
-    names = data.get("class_names", CLASS_NAMES["mnist"])
-    what = "unconditional" if choice == "none" else "classes cycling" if choice == "all" else f"class {names[choice]}"
-    title = f"reverse process, {sampler}, w={w:g}, {what}: x_t (top) and the model's predicted x_0 (bottom)"
+def run_denoise(*, checkpoint: Path | None, digit: str, n: int, options: SamplingOptions, out: Path, device: str) -> None:
+    pipe = load_pipeline(checkpoint, device)
+    choice = parse_digit(digit, pipe.num_classes)
+    if not 1 <= n <= 16:
+        raise TinydiffError(f"--n must be between 1 and 16 for an animation, got {n}")
+    options.check(pipe)
+    traj = pipe.trajectory(pipe.labels(choice, n), sampler=options.sampler, steps=options.steps, eta=options.eta,
+                           w=options.w, seed=options.seed)
+    sampler = pipe.describe_sampler(options.sampler, options.steps)
+    what = "unconditional" if choice == "none" else "classes cycling" if choice == "all" else f"class {pipe.class_names[choice]}"
+    title = f"reverse process, {sampler}, w={options.w:g}, {what}: x_t (top) and the model's predicted x_0 (bottom)"
     gif, strip, frames = write_denoise_outputs(traj, out.with_suffix(".gif"), out.with_suffix(".png"), title)
     console.print(f"{sampler} took {traj.seconds:.2f} s; animation ({frames} frames) -> {gif}; strip -> {strip}")

@@ -1,0 +1,88 @@
+"""What several commands share: the sampling options, loading the pipeline, and checks that fail before the
+expensive part, each with one clear line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checkpoint import find_latest_checkpoint
+from ..device import pick_device
+from ..errors import TinydiffError
+from ..pipeline import Pipeline
+from ..samplers import SAMPLERS, sampler_options
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to draw: a sampler from the registry, its steps (None: all T), eta (for samplers that take it), the
+    guidance weight w, the seed and the images per forward batch (None: the device's default)."""
+
+    sampler: str = "ddpm"
+    steps: int | None = None
+    eta: float = 0.0
+    w: float = 1.0
+    seed: int = 0
+    batch_size: int | None = None
+    steps_flag: str = field(default="--steps", compare=False)  # which flag set `steps`, for error messages
+
+    @classmethod
+    def from_flags(cls, *, ddim: int | None, sampler: str | None, steps: int | None, eta: float, w: float, seed: int,
+                   batch_size: int | None = None) -> "SamplingOptions":
+        """`--ddim N` is short for `--sampler ddim --steps N`; with neither, DDPM over all T steps."""
+        if ddim is not None:
+            if sampler not in (None, "ddim") or steps is not None:
+                raise TinydiffError("--ddim N is short for --sampler ddim --steps N; give one or the other")
+            return cls("ddim", ddim, eta, w, seed, batch_size, "--ddim")
+        return cls(sampler or "ddpm", steps, eta, w, seed, batch_size)
+
+    def sample_kwargs(self) -> dict:
+        """Keyword arguments for Pipeline.sample."""
+        return {"sampler": self.sampler, "steps": self.steps, "eta": self.eta, "w": self.w, "seed": self.seed,
+                "batch_size": self.batch_size}
+
+    def describe(self, pipe: Pipeline) -> str:
+        """'DDIM-10 (eta=0)' or 'DDPM-1000'."""
+        label = pipe.describe_sampler(self.sampler, self.steps)
+        return f"{label} (eta={self.eta:g})" if "eta" in sampler_options(self.sampler, eta=self.eta) else label
+
+    def check(self, pipe: Pipeline) -> None:
+        """Every option against the registry and the loaded model's T."""
+        if self.sampler not in SAMPLERS:
+            raise TinydiffError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}")
+        if self.steps is not None and not 1 <= self.steps <= pipe.T:
+            raise TinydiffError(f"{self.steps_flag} must be between 1 and the model's T={pipe.T}, got {self.steps}")
+        try:
+            pipe.describe_sampler(self.sampler, self.steps)
+        except ValueError as e:
+            raise TinydiffError(str(e)) from None
+        if not 0 <= self.eta <= 1:
+            raise TinydiffError(f"--eta must be in [0, 1], got {self.eta}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise TinydiffError("--batch-size must be at least 1")
+
+
+def load_pipeline(checkpoint: Path | None, device: str = "auto", weights: str = "ema") -> Pipeline:
+    """--checkpoint, or the newest run under runs/, on the chosen device."""
+    return Pipeline.from_checkpoint(checkpoint or find_latest_checkpoint("runs"), device=pick_device(device),
+                                    weights=weights)
+
+
+def parse_digit(digit: str, num_classes: int) -> str | int | None:
+    if digit in ("all", "none"):
+        return digit
+    if digit.isdigit() and 0 <= int(digit) < num_classes:
+        return int(digit)
+    raise TinydiffError(f"--digit must be 0..{num_classes - 1}, 'all' or 'none', got '{digit}'")
+
+
+def check_output(*paths: Path | None) -> None:
+    """Fail before the expensive part, not after it."""
+    for path in paths:
+        if path is not None and path.is_dir():
+            raise TinydiffError(f"{path} is a folder; give a file name such as {path / 'samples.png'}")
+
+
+def source_of(pipe: Pipeline) -> str:
+    """'runs/x/last.json (step 2602)': where the pipeline came from, for the commands' first line."""
+    ckpt = pipe.checkpoint
+    return f"{ckpt.json_path} (step {ckpt.step})"

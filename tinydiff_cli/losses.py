@@ -1,0 +1,22 @@
+"""The training loss: the Min-SNR-weighted MSE between the network's output and its parameterization's target."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .parameterization import Parameterization, q_sample
+from .schedules import Schedule
+
+
+def diffusion_loss(model, schedule: Schedule, parameterization: Parameterization, x0: torch.Tensor,
+                   labels: torch.Tensor, *, min_snr_gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Weighted MSE at uniformly drawn t (Ho et al. 2020, Algorithm 1, with the target and weight of the
+    parameterization)."""
+    batch = x0.shape[0]
+    t = torch.randint(0, schedule.T, (batch,), device=x0.device, generator=generator)
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+    x_t = q_sample(schedule, x0, t, eps)
+    output = model(x_t, t, labels)
+    target = parameterization.target(schedule, x0, eps, t)
+    per_example = F.mse_loss(output, target, reduction="none").mean(dim=(1, 2, 3))
+    return (parameterization.loss_weight(schedule.snr[t], min_snr_gamma) * per_example).mean()

@@ -1,0 +1,165 @@
+"""A loaded diffusion model and the ways to draw from it: the one entry point that `sample`, `eval`, `compare`,
+`visualize`, `export`, the app and the training previews share.
+
+    pipe = Pipeline.from_checkpoint("runs/unet-small")
+    images = pipe.sample(pipe.labels("all", 10), sampler="ddim", steps=10, w=1.0)   # float (10, 1, 28, 28) in [-1, 1]
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint, DataInfo, load_checkpoint, load_model
+from .config import Config
+from .guidance import Denoiser, guided_denoiser
+from .parameterization import Parameterization, get_parameterization
+from .samplers import check_sampler, sampler_label, sampler_options, sampler_timesteps
+from .schedules import Schedule, make_schedule
+
+
+def default_batch_size(device) -> int:
+    """Images per sampling batch. On CPU, batches past ~100 (200 rows with guidance) fall out of cache and
+    get slower per image (benchmarks/sampling_batch.py); accelerators want large batches."""
+    return 100 if torch.device(device).type == "cpu" else 1000
+
+
+def make_generator(seed: int, device) -> torch.Generator:
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def labels_for(choice: str | int | None, n: int, num_classes: int = 10) -> torch.Tensor:
+    """"all" cycles 0..num_classes-1 (so a grid with num_classes columns has one class per column),
+    an int repeats that class, None/"none" gives the null class num_classes (unconditional)."""
+    if choice is None or choice == "none":
+        return torch.full((n,), num_classes, dtype=torch.long)
+    if choice == "all":
+        return torch.arange(n, dtype=torch.long) % num_classes
+    return torch.full((n,), int(choice), dtype=torch.long)
+
+
+@dataclass
+class Trajectory:
+    """The reverse process, step by step: x[0] is the initial noise, x[i + 1] and x0[i] come from step i."""
+
+    timesteps: list[int]
+    x: torch.Tensor  # (steps + 1, N, C, H, W), CPU
+    x0: torch.Tensor  # (steps, N, C, H, W), CPU
+    alpha_bar: list[float]  # at each step's t
+    log_snr: list[float]
+    seconds: float
+
+
+@dataclass
+class Pipeline:
+    """A denoising network with everything needed to sample from it: its schedule, its parameterization (what it
+    predicts), the class names (label len(class_names) is the null class) and the image shape."""
+
+    model: nn.Module
+    schedule: Schedule
+    parameterization: Parameterization
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    checkpoint: Checkpoint | None = None  # where it was loaded from, if it was
+
+    @classmethod
+    def from_model(cls, model: nn.Module, config: Config, data: DataInfo, checkpoint: Checkpoint | None = None) -> "Pipeline":
+        """A pipeline around a model in memory (training previews use the EMA copy this way)."""
+        device = next(model.parameters()).device
+        d = config.diffusion
+        return cls(model, make_schedule(d.schedule, d.timesteps).to(device), get_parameterization(d.objective),
+                   data.class_names, (data.channels, data.image_size, data.image_size), checkpoint)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device="cpu", weights: str = "ema") -> "Pipeline":
+        """A training checkpoint (run folder, .json or its .safetensors) or an exported .safetensors model;
+        weights "ema" (what sampling should use) or "raw" (the training weights)."""
+        ckpt = load_checkpoint(path)
+        return cls.from_model(load_model(ckpt, device, weights), ckpt.config, ckpt.data, ckpt)
+
+    # ---- facts --------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def T(self) -> int:
+        return self.schedule.T
+
+    def to(self, device) -> "Pipeline":
+        """Move the model and the schedule together."""
+        self.model, self.schedule = self.model.to(device), self.schedule.to(device)
+        return self
+
+    def labels(self, choice: str | int | None, n: int) -> torch.Tensor:
+        """See `labels_for`: "all", a class index, or None/"none" for unconditional."""
+        return labels_for(choice, n, self.num_classes)
+
+    def timesteps(self, sampler: str, steps: int | None = None) -> list[int]:
+        """The grid `sampler` walks for this model's T (see samplers.sampler_timesteps)."""
+        return sampler_timesteps(sampler, self.T, steps)
+
+    def describe_sampler(self, sampler: str, steps: int | None = None) -> str:
+        """'DDIM-10' or 'DDPM-1000' for this model's T."""
+        return sampler_label(sampler, self.timesteps(sampler, steps))
+
+    # ---- drawing ------------------------------------------------------------------------------------------
+    def denoiser(self, labels: torch.Tensor, w: float = 0.0) -> Denoiser:
+        """(x_t, t) -> (x_0, eps) for `labels`, with classifier-free guidance of weight w."""
+        return guided_denoiser(self.model, self.schedule, self.parameterization, labels.to(self.device),
+                               null_class=self.null_class, w=w)
+
+    def _run(self, labels, x, *, sampler, timesteps, eta, w, generator, callback):
+        return check_sampler(sampler)(self.denoiser(labels, w), x, self.schedule, timesteps, generator=generator,
+                                      callback=callback, **sampler_options(sampler, eta=eta))
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, *, sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
+               w: float = 0.0, seed: int = 0, batch_size: int | None = None, callback=None) -> torch.Tensor:
+        """Samples for `labels` in batches: float (N, C, H, W) in [-1, 1], on CPU.
+
+        steps None means all T steps. eta goes to the samplers that take it (DDIM). All initial noise is drawn first
+        from the seeded generator, so every sampler run with the same seed starts from the same noise, whatever the
+        batch size. `callback` gets each step's dict (see samplers).
+        """
+        timesteps = self.timesteps(sampler, steps)
+        batch_size = batch_size or default_batch_size(self.device)
+        generator = make_generator(seed, self.device)
+        noise = torch.randn((labels.shape[0], *self.image_shape), device=self.device, generator=generator)
+        out = []
+        for start in range(0, labels.shape[0], batch_size):
+            stop = start + batch_size
+            out.append(self._run(labels[start:stop], noise[start:stop], sampler=sampler, timesteps=timesteps, eta=eta,
+                                 w=w, generator=generator, callback=callback).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def trajectory(self, labels: torch.Tensor, *, sampler: str = "ddim", steps: int | None = None,
+                   eta: float | None = None, w: float = 0.0, seed: int = 0) -> Trajectory:
+        """Sample one batch and keep every step; its last frame equals `sample` with the same arguments."""
+        timesteps = self.timesteps(sampler, steps)
+        generator = make_generator(seed, self.device)
+        x = torch.randn((labels.shape[0], *self.image_shape), device=self.device, generator=generator)
+        frames, predictions = [x.cpu()], []
+
+        def record(info):
+            frames.append(info["x"].cpu())
+            predictions.append(info["x0"].cpu())
+
+        start = time.perf_counter()
+        self._run(labels, x, sampler=sampler, timesteps=timesteps, eta=eta, w=w, generator=generator, callback=record)
+        seconds = time.perf_counter() - start
+        ts = torch.tensor(timesteps)
+        return Trajectory(timesteps, torch.stack(frames), torch.stack(predictions),
+                          self.schedule.alpha_bar.cpu()[ts].tolist(), self.schedule.log_snr.cpu()[ts].tolist(), seconds)
