@@ -7,11 +7,11 @@ import time
 
 import torch
 
-from tinydiff_cli.checkpoint import load_checkpoint, load_model
+from tinydiff_cli.pipeline import Pipeline
 
 
 def main(checkpoint: str = "runs/unet-small", repeats: int = 3) -> None:
-    model = load_model(load_checkpoint(checkpoint))
+    model = Pipeline.from_checkpoint(checkpoint).model
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for batch in (50, 100, 200, 500, 1000):
         x, t = torch.randn(batch, 1, 28, 28), torch.full((batch,), 500)

@@ -9,8 +9,9 @@ import time
 import torch
 
 from tinydiff_cli.config import available_presets, load_config
+from tinydiff_cli.losses import diffusion_loss
 from tinydiff_cli.models import build_model
-from tinydiff_cli.objectives import diffusion_loss
+from tinydiff_cli.parameterization import get_parameterization
 from tinydiff_cli.schedules import make_schedule
 
 
@@ -18,14 +19,14 @@ def measure(preset: str, steps: int, warmup: int = 2) -> tuple[int, float]:
     cfg = load_config(preset)
     model = build_model(cfg.model)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    parameterization = get_parameterization(cfg.diffusion.objective)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = cfg.train.batch_size
     x0, labels = torch.rand(batch, 1, 28, 28) * 2 - 1, torch.randint(0, 11, (batch,))
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
-        loss = diffusion_loss(model, schedule, x0, labels, objective=cfg.diffusion.objective,
-                              min_snr_gamma=cfg.diffusion.min_snr_gamma)
+        loss = diffusion_loss(model, schedule, parameterization, x0, labels, min_snr_gamma=cfg.diffusion.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

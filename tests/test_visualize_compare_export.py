@@ -113,3 +113,19 @@ def test_export_onnx_matches_pytorch(run_dir, tmp_path):
 def test_bad_export_format(run_dir):
     result = runner.invoke(app, ["export", "--checkpoint", str(run_dir), "--format", "tflite"])
     assert result.exit_code == 2 and "choose one of safetensors, onnx, pt2" in result.output
+
+
+def test_readme_engine_examples_run(run_dir):
+    """The README's "Using the engine from Python" blocks, run as written against a real checkpoint."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Using the engine from Python"):readme.index("## Tests")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    scope = {}
+    exec(blocks[0].replace('"runs/unet-small"', repr(str(run_dir))), scope)
+    assert scope["images"].shape == (10, 1, 28, 28) and scope["traj"].x0.shape == (50, 1, 1, 28, 28)
+    exec(blocks[1], scope)
+    assert scope["images"].shape == (10, 1, 28, 28)

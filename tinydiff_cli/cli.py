@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,12 +28,42 @@ DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with thi
 SamplerOption = Annotated[Optional[str], typer.Option(
     "--sampler", help="Sampler from the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: ddpm]")]
 StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: all T]")]
-EtaOption = Annotated[float, typer.Option("--eta", help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like noise.")]
+EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[float, typer.Option("--w", help=GUIDANCE_HELP)]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
+DigitOption = Annotated[str, typer.Option("--digit", help="Class 0-9, 'all' (classes cycle: one per grid column) or 'none' (unconditional).")]
 SampleBatchOption = Annotated[Optional[int], typer.Option(
     "--batch-size", help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")]
+
+
+# The sampler flags of `sample`, `eval` and `visualize denoise`: name -> (declaration, default).
+SAMPLING_FLAGS = {"ddim": (DdimOption, None), "sampler": (SamplerOption, None), "steps": (StepsOption, None),
+                  "eta": (EtaOption, 0.0), "w": (GuidanceOption, 1.0), "seed": (SeedOption, 0)}
+
+
+def sampling_flags(command):
+    """Declare SAMPLING_FLAGS on a command where it has an `options` parameter, and call it with one
+    commands.common.SamplingOptions built from them (and from --batch-size, when the command has that flag)."""
+    params = []
+    for p in inspect.signature(command, eval_str=True).parameters.values():
+        if p.name != "options":
+            params.append(p)
+            continue
+        params += [inspect.Parameter(name, p.POSITIONAL_OR_KEYWORD, default=default, annotation=declaration)
+                   for name, (declaration, default) in SAMPLING_FLAGS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        from .commands.common import SamplingOptions
+
+        flags = {name: kwargs.pop(name) for name in SAMPLING_FLAGS}
+        options = SamplingOptions.from_flags(**flags, batch_size=kwargs.pop("batch_size", None))
+        return command(**kwargs, options=options)
+
+    wrapper.__signature__ = inspect.Signature(params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
 
 
 def user_errors(command):
@@ -95,16 +126,12 @@ def train(
 
 @app.command()
 @user_errors
+@sampling_flags
 def sample(
     checkpoint: CheckpointOption = None,
-    digit: Annotated[str, typer.Option(help="Class 0-9, 'all' (one class per grid column) or 'none' (unconditional).")] = "all",
+    digit: DigitOption = "all",
     n: Annotated[int, typer.Option(help="Number of images.")] = 100,
-    ddim: DdimOption = None,
-    sampler: SamplerOption = None,
-    steps: StepsOption = None,
-    eta: EtaOption = 0.0,
-    w: GuidanceOption = 1.0,
-    seed: SeedOption = 0,
+    options=None,
     out: Annotated[Path, typer.Option(help="Grid PNG to write.")] = Path("samples.png"),
     npz: Annotated[Optional[Path], typer.Option(help="Also write arr_0 (N,28,28,1) uint8 images and arr_1 int64 labels.")] = None,
     batch_size: SampleBatchOption = None,
@@ -112,40 +139,30 @@ def sample(
     raw_weights: Annotated[bool, typer.Option("--raw-weights", help="Use the raw training weights instead of the EMA weights.")] = False,
 ):
     """Sample a grid (and optionally an .npz) from a trained checkpoint."""
-    from .commands.common import SamplingOptions
     from .commands.sample import run_sample
 
-    options = SamplingOptions.from_flags(ddim=ddim, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed,
-                                         batch_size=batch_size)
     run_sample(checkpoint=checkpoint, digit=digit, n=n, options=options, out=out, npz=npz, device=device,
                weights="raw" if raw_weights else "ema")
 
 
 @app.command("eval")
 @user_errors
+@sampling_flags
 def eval_(
     checkpoint: CheckpointOption = None,
     npz: Annotated[Optional[Path], typer.Option(help="Score samples saved earlier (arr_0 images, optional arr_1 labels) instead of sampling.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset whose classifier and test split score the samples. \\[default: the checkpoint's, else mnist]")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: the checkpoint's, else $TINYDIFF_DATA]")] = None,
-    digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none' (unconditional).")] = "all",
+    digit: DigitOption = "all",
     n: Annotated[int, typer.Option(help="Number of samples (FID depends on N: compare at equal N).")] = 5000,
-    ddim: DdimOption = None,
-    sampler: SamplerOption = None,
-    steps: StepsOption = None,
-    eta: EtaOption = 0.0,
-    w: GuidanceOption = 1.0,
-    seed: SeedOption = 0,
+    options=None,
     batch_size: SampleBatchOption = None,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on stdout (progress goes to stderr).")] = False,
 ):
     """Score samples: FID in a domain classifier's feature space (with the real-data floor) and class accuracy."""
-    from .commands.common import SamplingOptions
     from .commands.eval import run_eval
 
-    options = SamplingOptions.from_flags(ddim=ddim, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed,
-                                         batch_size=batch_size)
     run_eval(checkpoint=checkpoint, npz=npz, dataset=dataset, data_dir=data_dir, digit=digit, n=n, options=options,
              device=device, as_json=as_json)
 
@@ -185,24 +202,18 @@ def visualize_schedule(
 
 @visualize_app.command("denoise")
 @user_errors
+@sampling_flags
 def visualize_denoise(
     checkpoint: CheckpointOption = None,
-    digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none' (unconditional).")] = "3",
+    digit: DigitOption = "3",
     n: Annotated[int, typer.Option(help="Number of samples shown (at most 16).")] = 1,
-    ddim: DdimOption = None,
-    sampler: SamplerOption = None,
-    steps: StepsOption = None,
-    eta: EtaOption = 0.0,
-    w: GuidanceOption = 1.0,
-    seed: SeedOption = 0,
+    options=None,
     out: Annotated[Path, typer.Option(help="Output name: writes NAME.gif (animation) and NAME.png (strip of frames).")] = Path("denoise"),
     device: DeviceOption = "auto",
 ):
     """The reverse process as an animated GIF and a PNG strip: x_t beside the model's predicted x_0."""
-    from .commands.common import SamplingOptions
     from .commands.visualize import run_denoise
 
-    options = SamplingOptions.from_flags(ddim=ddim, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed)
     run_denoise(checkpoint=checkpoint, digit=digit, n=n, options=options, out=out, device=device)
 
 
@@ -227,7 +238,7 @@ def compare(
     samplers: Annotated[str, typer.Option(help="Comma-separated samplers from the registry to compare against DDPM.")] = "ddim",
     steps: Annotated[str, typer.Option(help="Comma-separated step counts, each run with every sampler.")] = "10,50,100",
     n: Annotated[int, typer.Option(help="Samples per sampler (FID depends on N: compare at equal N).")] = 50,
-    digit: Annotated[str, typer.Option(help="Class 0-9, 'all' or 'none'.")] = "all",
+    digit: DigitOption = "all",
     w: GuidanceOption = 1.0,
     eta: EtaOption = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed: every sampler starts from the same noise.")] = 0,

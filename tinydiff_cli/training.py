@@ -28,9 +28,7 @@ from .ema import EMA
 from .images import save_loss_plot
 from .losses import diffusion_loss
 from .models import build_model
-from .parameterization import get_parameterization
 from .pipeline import Pipeline, make_generator
-from .schedules import make_schedule
 from .train_eval import SampleQuality, eval_loss, save_sample_grid
 from .train_log import LossWindow, PrintReporter, TrainLog
 
@@ -68,11 +66,10 @@ class Trainer:
         self.model = build_model(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES).to(self.device)
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps).to(self.device)
-        self.parameterization = get_parameterization(cfg.diffusion.objective)
+        self.ema_pipeline = Pipeline.from_model(self.ema.ema_model, cfg, self.data)  # previews and evals
+        self.schedule, self.parameterization = self.ema_pipeline.schedule, self.ema_pipeline.parameterization
         self.generator = make_generator(cfg.train.seed, self.device)  # timesteps, noise, label dropout
         self.state = TrainState(self.model, self.ema.ema_model, self.optimizer, self.generator)
-        self.ema_pipeline = Pipeline.from_model(self.ema.ema_model, cfg, self.data)  # previews and evals
         self.step, self.elapsed_before = 0, 0.0
         self.last_train_loss: float | None = None
         self.last_eval_loss: float | None = None

@@ -60,7 +60,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str, steps: str, n: int, d
     image_table([(f"{r.name}\n{r.seconds_per_image * 1000:.0f} ms/img", r.images[:rows]) for r in runs], out,
                 row_labels=[str(int(lbl)) if lbl < pipe.num_classes else "-" for lbl in labels[:rows]],
                 title=f"same noise and labels, w={w:g}")
-    results = [run_summary(r, runs[0]) for r in runs]
+    results = [summary_row(r, runs[0]) for r in runs]
     if as_json:
         print(json.dumps({"n": n, "w": w, "eta": eta, "seed": seed, "checkpoint": str(pipe.checkpoint.json_path),
                           "grid": str(out), "samplers": results}, indent=2))
@@ -69,7 +69,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str, steps: str, n: int, d
     console.print(f"grid -> {out}")
 
 
-def run_summary(run, baseline) -> dict:
+def summary_row(run, baseline) -> dict:
     summary = {"sampler": run.name, "model_steps": run.model_steps, "seconds": round(run.seconds, 3),
                "ms_per_image": round(run.seconds_per_image * 1000, 2), "speedup_vs_ddpm": round(speedup(run, baseline), 1)}
     if run.score is not None:
