@@ -88,3 +88,12 @@ def test_app_command_without_the_extra_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "streamlit" else real(name, *a))
     result = runner.invoke(app, ["visualize", "app", "--no-browser"])
     assert result.exit_code == 2 and "pip install 'tinydiff[app]'" in result.output
+
+
+def test_generate_with_each_kind_of_sampler(runs):
+    pipe = logic.load(runs / "tiny")
+    assert logic.sampler_controls("ddpm") == (False, False) and logic.sampler_controls("ddim") == (True, True)
+    ddpm = logic.generate(pipe, label=None, sampler="ddpm", steps=None, eta=0.0, w=1.0, seed=0)
+    assert len(ddpm.timesteps) == pipe.T and ddpm.x.shape[1] == 1
+    assert logic.describe(pipe, {"sampler": "ddpm", "steps": None, "eta": 0.0}) == "DDPM-50"
+    assert logic.describe(pipe, {"sampler": "ddim", "steps": 7, "eta": 0.5}) == "DDIM-7 (eta 0.5)"

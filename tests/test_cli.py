@@ -77,6 +77,23 @@ def test_sample_one_digit_writes_grid_and_npz(trained_run, tmp_path):
     assert iio.imread(out).shape == ((3 * 30 + 2) * 2, (3 * 30 + 2) * 2)
 
 
+def test_sampler_flags(trained_run, tmp_path):
+    run, _ = trained_run
+    common = ["sample", "--checkpoint", run, "--n", "4", "--seed", "2", "--device", "cpu", "--out", tmp_path / "g.png"]
+    by_ddim = invoke(*common, "--ddim", "5", "--npz", tmp_path / "a.npz")
+    assert by_ddim.exit_code == 0, by_ddim.output
+    assert f"checkpoint {run / 'last.json'} (step 8, EMA weights); DDIM-5 (eta=0), w=1, device cpu" in by_ddim.output
+    by_name = invoke(*common, "--sampler", "ddim", "--steps", "5", "--npz", tmp_path / "b.npz")
+    assert by_name.exit_code == 0, by_name.output
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+    for flags, message in ((["--ddim", "5", "--steps", "3"], "--ddim N is short for --sampler ddim --steps N"),
+                           (["--sampler", "euler"], "unknown sampler 'euler'; choose one of ddpm, ddim"),
+                           (["--sampler", "ddpm", "--steps", "10"], "ddpm always runs all T=50 steps"),
+                           (["--sampler", "ddim", "--steps", "51"], "--steps must be between 1 and the model's T=50")):
+        result = invoke(*common, *flags)
+        assert result.exit_code == 2 and message in " ".join(result.output.replace("│", " ").split()), result.output
+
+
 def test_sample_all_digits_ddpm_puts_one_class_per_column(trained_run, tmp_path):
     run, _ = trained_run
     npz = tmp_path / "s.npz"

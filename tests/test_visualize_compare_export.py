@@ -77,6 +77,15 @@ def test_compare_json_and_grid(run_dir, tmp_path):
     assert "DDIM-3" in table.output and "speed-up" in table.output
 
 
+def test_compare_other_samplers(run_dir, tmp_path):
+    result = invoke("compare", "--checkpoint", run_dir, "--samplers", "ddim", "--steps", "2", "--eta", "1", "--n", "3",
+                    "--no-eval", "--json", "--out", tmp_path / "c.png", "--device", "cpu")
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert [row["sampler"] for row in report["samplers"]] == ["DDPM-50", "DDIM-2"] and report["eta"] == 1.0
+    bad = runner.invoke(app, ["compare", "--checkpoint", str(run_dir), "--samplers", "ddpm", "--no-eval"])
+    assert bad.exit_code == 2 and "baseline" in bad.output
+
+
 def test_export_safetensors_samples_like_the_checkpoint(run_dir, tmp_path):
     out = tmp_path / "model.safetensors"
     invoke("export", "--checkpoint", run_dir, "--out", out)

@@ -2,8 +2,11 @@
 
 The engine is importable without the CLI:
 
-    from tinydiff_cli.schedules import make_schedule
-    from tinydiff_cli.samplers import ddim_sample
-    from tinydiff_cli.models import UNet
+    from tinydiff_cli.pipeline import Pipeline
+    pipe = Pipeline.from_checkpoint("runs/unet-small")
+    images = pipe.sample(pipe.labels("all", 10), sampler="ddim", steps=10, w=1.0)
+
+and so are its parts: `schedules.make_schedule`, `samplers.SAMPLERS`, `parameterization.get_parameterization`,
+`models.UNet`.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

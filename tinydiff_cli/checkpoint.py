@@ -41,7 +41,9 @@ class DataInfo:
         """Defaults fill what checkpoints from before these keys existed lack: 28x28 grey, 10 classes."""
         dataset = data.get("dataset", dataset)
         num_classes = int(data.get("num_classes", 10))
-        names = data.get("class_names") or CLASS_NAMES.get(dataset) or [str(i) for i in range(num_classes)]
+        names = data.get("class_names") or CLASS_NAMES.get(dataset, [])
+        if len(names) != num_classes:  # the model's label table is what counts
+            names = [str(i) for i in range(num_classes)]
         return cls(dataset, int(data.get("image_size", 28)), int(data.get("channels", 1)), num_classes, tuple(names))
 
     def to_meta(self) -> dict:

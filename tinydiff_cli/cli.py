@@ -21,12 +21,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="tinydiff: train small diffusion models on MNIST and Fashion-MNIST, then sample from them.")
 
 
+def sampler_name(value: str) -> str:
+    """A --sampler value, checked against the engine's registry when the flag is used (importing the registry
+    imports torch, which `tinydiff --version` and --help should not wait for)."""
+    from .samplers import SAMPLERS
+
+    if value not in SAMPLERS:
+        raise typer.BadParameter(f"unknown sampler '{value}'; choose one of {', '.join(SAMPLERS)}")
+    return value
+
+
 # Options that several commands share, declared once.
 CheckpointOption = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="Checkpoint (.json/.safetensors), exported .safetensors or run folder. \\[default: newest under runs/]")]
-DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps (short for --sampler ddim --steps N); absent: DDPM over all T steps.")]
+DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps: short for --sampler ddim --steps N.")]
 SamplerOption = Annotated[Optional[str], typer.Option(
-    "--sampler", help="Sampler from the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: ddpm]")]
+    "--sampler", parser=sampler_name, metavar="NAME",
+    help="A sampler of the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: ddpm over all T steps, or ddim with --ddim]")]
 StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: all T]")]
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[float, typer.Option("--w", help=GUIDANCE_HELP)]

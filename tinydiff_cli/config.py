@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .errors import TinydiffError
+from .parameterization import OBJECTIVES
+from .schedules import SCHEDULES
 
 
 @dataclass
@@ -40,9 +42,9 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
+    schedule: Literal[SCHEDULES] = "linear"  # the names of schedules.make_betas
     timesteps: int = 1000
-    objective: Literal["eps", "x0", "v"] = "eps"
+    objective: Literal[OBJECTIVES] = "eps"  # the names of parameterization.PARAMETERIZATIONS
     min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
     p_uncond: float = 0.1  # label dropout for classifier-free guidance
 

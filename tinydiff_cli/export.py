@@ -24,12 +24,12 @@ FORMATS = ("safetensors", "onnx", "pt2")
 
 
 def example_inputs(pipe: Pipeline, batch: int = 2, seed: int = 0):
-    """Random (x_t, t, labels) for the pipeline's image shape, T and classes (the null class included)."""
+    """Random (x_t, t, labels) on the pipeline's device for its image shape, T and classes (the null class included)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *pipe.image_shape, generator=g)
     t = torch.randint(0, pipe.T, (batch,), generator=g)
     labels = torch.randint(0, pipe.num_classes + 1, (batch,), generator=g)
-    return x, t, labels
+    return x.to(pipe.device), t.to(pipe.device), labels.to(pipe.device)
 
 
 def export_safetensors(pipe: Pipeline, path: Path) -> Path:
@@ -64,9 +64,9 @@ def check_onnx(pipe: Pipeline, path: Path, batch: int = 5) -> float | None:
         return None
     x, t, labels = example_inputs(pipe, batch, seed=1)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"x_t": x.numpy(), "t": t.numpy(), "labels": labels.numpy()})
+    (out,) = session.run(None, {"x_t": x.cpu().numpy(), "t": t.cpu().numpy(), "labels": labels.cpu().numpy()})
     with torch.no_grad():
-        expected = pipe.model(x, t, labels)
+        expected = pipe.model(x, t, labels).cpu()
     return (torch.from_numpy(out) - expected).abs().max().item()
 
 

@@ -74,10 +74,10 @@ class Pipeline:
                    data.class_names, (data.channels, data.image_size, data.image_size), checkpoint)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device="cpu", weights: str = "ema") -> "Pipeline":
-        """A training checkpoint (run folder, .json or its .safetensors) or an exported .safetensors model;
-        weights "ema" (what sampling should use) or "raw" (the training weights)."""
-        ckpt = load_checkpoint(path)
+    def from_checkpoint(cls, path: str | Path | Checkpoint, *, device="cpu", weights: str = "ema") -> "Pipeline":
+        """A training checkpoint (run folder, .json or its .safetensors), an exported .safetensors model, or a
+        Checkpoint already opened; weights "ema" (what sampling should use) or "raw" (the training weights)."""
+        ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
         return cls.from_model(load_model(ckpt, device, weights), ckpt.config, ckpt.data, ckpt)
 
     # ---- facts --------------------------------------------------------------------------------------------

@@ -203,10 +203,11 @@ class Trainer:
                         self.reporter.log(epoch_summary(round(epoch), self.step, self.last_train_loss,
                                                         self.last_eval_loss, grid))
 
-        if self.step not in (saved_step, start_step):
-            if stop_reason != "interrupted":  # a user who pressed Ctrl-C wants out, not a preview
-                save_sample_grid(self.ema_pipeline, out / "samples" / "final.png", self.cfg)
-            self.save("last", elapsed())
+            # still under the signal handlers: a Ctrl-C now cannot cut the final save short
+            if self.step not in (saved_step, start_step):
+                if stop_reason != "interrupted":  # a user who pressed Ctrl-C wants out, not a preview
+                    save_sample_grid(self.ema_pipeline, out / "samples" / "final.png", self.cfg)
+                self.save("last", elapsed())
         save_loss_plot(out / "loss.csv", out / "loss.png")
         self.reporter.finish()
         if self.step == start_step:

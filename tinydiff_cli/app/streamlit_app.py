@@ -56,7 +56,7 @@ def generate(pipe: Pipeline, entry: logic.ModelEntry, settings: dict) -> None:
     with st.spinner("denoising ..."):
         traj = logic.generate(pipe, **settings)
     st.session_state.result = {"trajectory": traj, "frames": logic.render(traj), "settings": settings,
-                               "model": entry.label, "seconds": traj.seconds}
+                               "model": entry.label, "seconds": traj.seconds, "sampler": logic.describe(pipe, settings)}
     st.session_state.generations = st.session_state.get("generations", 0) + 1
     st.session_state.frame = len(traj.timesteps)  # start the slider on the result
 
@@ -65,9 +65,7 @@ def viewer(result: dict) -> None:
     frames, settings = result["frames"], result["settings"]
     last = len(frames.captions) - 1
     what = "unconditional" if settings["label"] is None else f"class {settings['label']}"
-    sampler = f"{settings['sampler'].upper()}-{len(result['trajectory'].timesteps)}"
-    if logic.sampler_controls(settings["sampler"])[1]:
-        sampler += f" (eta {settings['eta']:g})"
+    sampler = result["sampler"]
     st.caption(f"{result['model']} — {sampler}, {what}, w = {settings['w']:g}, seed {settings['seed']}: "
                f"generated in {result['seconds']:.2f} s")
     index = st.slider("Denoising step (scrubs the stored frames; the model is not run again)", 0, last, key="frame")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import find_latest_checkpoint
+from ..checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint
 from ..device import pick_device
 from ..errors import TinydiffError
 from ..pipeline import Pipeline
-from ..samplers import SAMPLERS, sampler_options
+from ..samplers import SAMPLERS, sampler_options, sampler_timesteps
 
 
 @dataclass(frozen=True)
@@ -45,26 +45,31 @@ class SamplingOptions:
         label = pipe.describe_sampler(self.sampler, self.steps)
         return f"{label} (eta={self.eta:g})" if "eta" in sampler_options(self.sampler, eta=self.eta) else label
 
-    def check(self, pipe: Pipeline) -> None:
-        """Every option against the registry and the loaded model's T."""
+    def check(self, T: int) -> None:
+        """Every option against the registry and the model's T, before anything is loaded."""
         if self.sampler not in SAMPLERS:
             raise TinydiffError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}")
-        if self.steps is not None and not 1 <= self.steps <= pipe.T:
-            raise TinydiffError(f"{self.steps_flag} must be between 1 and the model's T={pipe.T}, got {self.steps}")
+        if self.steps is not None and not 1 <= self.steps <= T:
+            raise TinydiffError(f"{self.steps_flag} must be between 1 and the model's T={T}, got {self.steps}")
         try:
-            pipe.describe_sampler(self.sampler, self.steps)
+            sampler_timesteps(self.sampler, T, self.steps)
         except ValueError as e:
             raise TinydiffError(str(e)) from None
         if not 0 <= self.eta <= 1:
             raise TinydiffError(f"--eta must be in [0, 1], got {self.eta}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise TinydiffError("--batch-size must be at least 1")
+            raise TinydiffError("--n and --batch-size must be at least 1")
 
 
-def load_pipeline(checkpoint: Path | None, device: str = "auto", weights: str = "ema") -> Pipeline:
-    """--checkpoint, or the newest run under runs/, on the chosen device."""
-    return Pipeline.from_checkpoint(checkpoint or find_latest_checkpoint("runs"), device=pick_device(device),
-                                    weights=weights)
+def open_checkpoint(checkpoint: Path | None) -> Checkpoint:
+    """--checkpoint, or the newest run under runs/: its config and data facts, without building the model, so
+    that every flag can be checked against them first."""
+    return load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
+
+
+def load_pipeline(ckpt: Checkpoint, device: str = "auto", weights: str = "ema") -> Pipeline:
+    """The checkpoint's model on the chosen device."""
+    return Pipeline.from_checkpoint(ckpt, device=pick_device(device), weights=weights)
 
 
 def parse_digit(digit: str, num_classes: int) -> str | int | None:
@@ -82,7 +87,6 @@ def check_output(*paths: Path | None) -> None:
             raise TinydiffError(f"{path} is a folder; give a file name such as {path / 'samples.png'}")
 
 
-def source_of(pipe: Pipeline) -> str:
-    """'runs/x/last.json (step 2602)': where the pipeline came from, for the commands' first line."""
-    ckpt = pipe.checkpoint
+def source_of(ckpt: Checkpoint) -> str:
+    """'runs/x/last.json (step 2602)': where a model came from, for the commands' first line."""
     return f"{ckpt.json_path} (step {ckpt.step})"

@@ -12,9 +12,9 @@ from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Scorer
 from ..figures import image_table
-from ..samplers import SAMPLERS
+from ..samplers import FULL_GRID_ONLY, SAMPLERS
 from ..ui import console, err_console
-from .common import SamplingOptions, check_output, load_pipeline, parse_digit, source_of
+from .common import SamplingOptions, check_output, load_pipeline, open_checkpoint, parse_digit, source_of
 
 
 def parse_steps(text: str, T: int) -> list[int]:
@@ -28,10 +28,12 @@ def parse_steps(text: str, T: int) -> list[int]:
 
 
 def parse_samplers(text: str) -> list[str]:
+    """Registry names that take a number of steps (DDPM, over all T, is always the baseline)."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SAMPLERS]
-    if not names or unknown:
-        raise TinydiffError(f"--samplers must be comma-separated names from {', '.join(SAMPLERS)}, got '{text}'")
+    choices = [name for name in SAMPLERS if name not in FULL_GRID_ONLY]
+    if not names or any(name not in choices for name in names):
+        raise TinydiffError(f"--samplers must be comma-separated names from {', '.join(choices)} (DDPM over all T "
+                            f"steps always runs as the baseline), got '{text}'")
     return names
 
 
@@ -39,21 +41,23 @@ def run_compare(*, checkpoint: Path | None, samplers: str, steps: str, n: int, d
                 show: int, out: Path, evaluate: bool, data_dir, device: str, as_json: bool) -> None:
     """DDPM over all T steps, then each of `samplers` at each step count."""
     log = err_console if as_json else console
-    pipe = load_pipeline(checkpoint, device)
-    cfg = pipe.checkpoint.config
-    plans = [("ddpm", None)] + [(name, count) for name in parse_samplers(samplers) for count in parse_steps(steps, pipe.T)]
-    options.check(pipe)
+    ckpt = open_checkpoint(checkpoint)
+    cfg, T = ckpt.config, ckpt.config.diffusion.timesteps
+    plans = [("ddpm", None)] + [(name, count) for name in parse_samplers(samplers) for count in parse_steps(steps, T)]
+    options.check(T)
     if n < 2 or show < 1:
         raise TinydiffError("--n must be at least 2 and --show at least 1")
+    choice = parse_digit(digit, ckpt.data.num_classes)
     check_output(out)
-    labels = pipe.labels(parse_digit(digit, pipe.num_classes), n)
+    pipe = load_pipeline(ckpt, device)
+    labels = pipe.labels(choice, n)
     scorer = None
     if evaluate:
         data_dir = data_dir or cfg.data.data_dir
         scorer = Scorer(get_classifier(cfg.data.dataset, data_dir, log=log.print), cfg.data.dataset, data_dir,
                         pipe.num_classes)
     w, eta, seed = options.w, options.eta, options.seed
-    log.print(f"comparing samplers on {n} images from {source_of(pipe)}, w={w:g}, {describe(pipe.device)}")
+    log.print(f"comparing samplers on {n} images from {source_of(ckpt)}, w={w:g}, {describe(pipe.device)}")
     runs = compare_samplers(pipe, labels, plans, scorer=scorer, on_start=lambda name: log.print(f"  sampling {name} ..."),
                             w=w, eta=eta, seed=seed, batch_size=options.batch_size)
     rows = min(show, n)
@@ -62,7 +66,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str, steps: str, n: int, d
                 title=f"same noise and labels, w={w:g}")
     results = [summary_row(r, runs[0]) for r in runs]
     if as_json:
-        print(json.dumps({"n": n, "w": w, "eta": eta, "seed": seed, "checkpoint": str(pipe.checkpoint.json_path),
+        print(json.dumps({"n": n, "w": w, "eta": eta, "seed": seed, "checkpoint": str(ckpt.json_path),
                           "grid": str(out), "samplers": results}, indent=2))
         return
     console.print(results_table(results, n))

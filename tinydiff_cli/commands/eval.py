@@ -17,7 +17,8 @@ from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Score, Scorer
 from ..ui import console, err_console
-from .common import SamplingOptions, load_pipeline, parse_digit, source_of
+from ..checkpoint import Checkpoint
+from .common import SamplingOptions, load_pipeline, open_checkpoint, parse_digit, source_of
 
 
 def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -38,20 +39,21 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     return torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64))
 
 
-def sample_for_eval(pipe, *, digit: str, n: int, options: SamplingOptions, out_console):
+def sample_for_eval(ckpt: Checkpoint, *, digit: str, n: int, options: SamplingOptions, device: str, out_console):
     """-> uint8 images, labels and what to report about how they were drawn."""
-    choice = parse_digit(digit, pipe.num_classes)
+    choice = parse_digit(digit, ckpt.data.num_classes)
     if n < 2:
         raise TinydiffError("--n must be at least 2: FID needs two samples or more")
-    options.check(pipe)
+    options.check(ckpt.config.diffusion.timesteps)
+    pipe = load_pipeline(ckpt, device)
     labels = pipe.labels(choice, n)
     sampler = pipe.describe_sampler(options.sampler, options.steps)
-    out_console.print(f"sampling {n} images from {source_of(pipe)} with {sampler}, w={options.w:g} "
+    out_console.print(f"sampling {n} images from {source_of(ckpt)} with {sampler}, w={options.w:g} "
                       f"on {describe(pipe.device)}")
     start = time.perf_counter()
     images = pipe.sample(labels, **options.sample_kwargs())
     seconds = time.perf_counter() - start
-    return to_uint8(images), labels, {"checkpoint": str(pipe.checkpoint.json_path), "step": pipe.checkpoint.step,
+    return to_uint8(images), labels, {"checkpoint": str(ckpt.json_path), "step": ckpt.step,
                                       "sampler": sampler, "eta": options.eta, "w": options.w, "seed": options.seed,
                                       "sampling_seconds": round(seconds, 2)}
 
@@ -64,11 +66,11 @@ def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, 
         dataset = dataset or "mnist"
         extra = {"npz": str(npz)}
     else:
-        pipe = load_pipeline(checkpoint, device)
-        cfg = pipe.checkpoint.config
-        dataset = dataset or cfg.data.dataset
-        data_dir = data_dir or cfg.data.data_dir
-        images, labels, extra = sample_for_eval(pipe, digit=digit, n=n, options=options, out_console=out_console)
+        ckpt = open_checkpoint(checkpoint)
+        dataset = dataset or ckpt.config.data.dataset
+        data_dir = data_dir or ckpt.config.data.data_dir
+        images, labels, extra = sample_for_eval(ckpt, digit=digit, n=n, options=options, device=device,
+                                                out_console=out_console)
     if dataset not in DATASETS:
         raise TinydiffError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     # with --json, stdout carries only the JSON: what torchvision prints while downloading goes to stderr

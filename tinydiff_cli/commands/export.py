@@ -6,7 +6,7 @@ from pathlib import Path
 from ..errors import TinydiffError
 from ..export import FORMATS, check_onnx, check_pt2, export_onnx, export_pt2, export_safetensors
 from ..ui import console
-from .common import load_pipeline
+from .common import load_pipeline, open_checkpoint
 
 SUFFIX = {"safetensors": ".safetensors", "onnx": ".onnx", "pt2": ".pt2"}
 
@@ -14,11 +14,11 @@ SUFFIX = {"safetensors": ".safetensors", "onnx": ".onnx", "pt2": ".pt2"}
 def run_export(*, checkpoint: Path | None, fmt: str, out: Path | None) -> Path:
     if fmt not in FORMATS:
         raise TinydiffError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    pipe = load_pipeline(checkpoint, "cpu")
-    ckpt = pipe.checkpoint
+    ckpt = open_checkpoint(checkpoint)
     out = out or Path(f"{ckpt.config.preset}-step{ckpt.step}{SUFFIX[fmt]}")
     if out.resolve() in (ckpt.json_path.resolve(), ckpt.tensors_path.resolve()):
         raise TinydiffError(f"--out {out} would overwrite the checkpoint it exports; choose another path")
+    pipe = load_pipeline(ckpt, "cpu")
     if fmt == "safetensors":
         export_safetensors(pipe, out)
         console.print(f"EMA weights and config (step {ckpt.step}) -> {out}; sample with: tinydiff sample --checkpoint {out}")

@@ -15,19 +15,20 @@ from ..errors import TinydiffError
 from ..images import save_grid
 from ..pipeline import default_batch_size
 from ..ui import console
-from .common import SamplingOptions, check_output, load_pipeline, parse_digit, source_of
+from .common import SamplingOptions, check_output, load_pipeline, open_checkpoint, parse_digit
 
 
 def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: SamplingOptions, out: Path, npz: Path | None,
                device: str, weights: str) -> None:
-    pipe = load_pipeline(checkpoint, device, weights)
-    choice = parse_digit(digit, pipe.num_classes)
+    ckpt = open_checkpoint(checkpoint)
+    choice = parse_digit(digit, ckpt.data.num_classes)
     if n < 1:
         raise TinydiffError("--n and --batch-size must be at least 1")
-    options.check(pipe)
+    options.check(ckpt.config.diffusion.timesteps)
     check_output(out, npz)
+    pipe = load_pipeline(ckpt, device, weights)
     labels = pipe.labels(choice, n)
-    console.print(f"checkpoint {source_of(pipe)}, {'EMA' if weights == 'ema' else 'raw'} weights; "
+    console.print(f"checkpoint {ckpt.json_path} (step {ckpt.step}, {'EMA' if weights == 'ema' else 'raw'} weights); "
                   f"{options.describe(pipe)}, w={options.w:g}, device {describe(pipe.device)}")
 
     batches = math.ceil(n / (options.batch_size or default_batch_size(pipe.device)))

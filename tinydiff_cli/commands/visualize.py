@@ -8,7 +8,7 @@ from ..errors import TinydiffError
 from ..schedules import SCHEDULES
 from ..ui import console
 from ..visualize import write_denoise_outputs, write_forward_figure, write_schedule_figure
-from .common import SamplingOptions, load_pipeline, parse_digit
+from .common import SamplingOptions, load_pipeline, open_checkpoint, parse_digit
 
 
 def parse_timesteps(text: str, T: int = 1000) -> list[int]:
@@ -41,11 +41,14 @@ def run_schedule(*, out: Path, T: int) -> None:
 
 
 def run_denoise(*, checkpoint: Path | None, digit: str, n: int, options: SamplingOptions, out: Path, device: str) -> None:
-    pipe = load_pipeline(checkpoint, device)
-    choice = parse_digit(digit, pipe.num_classes)
-    if not 1 <= n <= 16:
-        raise TinydiffError(f"--n must be between 1 and 16 for an animation, got {n}")
-    options.check(pipe)
+    ckpt = open_checkpoint(checkpoint)
+    choice = parse_digit(digit, ckpt.data.num_classes)
+    if n < 1:
+        raise TinydiffError("--n and --batch-size must be at least 1")
+    if n > 16:
+        raise TinydiffError(f"--n must be at most 16 for an animation, got {n}")
+    options.check(ckpt.config.diffusion.timesteps)
+    pipe = load_pipeline(ckpt, device)
     traj = pipe.trajectory(pipe.labels(choice, n), sampler=options.sampler, steps=options.steps, eta=options.eta,
                            w=options.w, seed=options.seed)
     sampler = pipe.describe_sampler(options.sampler, options.steps)

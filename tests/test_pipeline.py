@@ -1,0 +1,65 @@
+"""Pipeline: loading, the facts it holds, and drawing through the sampler registry."""
+import pytest
+import torch
+
+from tinydiff_cli.checkpoint import DataInfo
+from tinydiff_cli.pipeline import Pipeline, labels_for
+from tinydiff_cli.samplers import SAMPLERS, sampler_timesteps
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_run):
+    return Pipeline.from_checkpoint(tiny_run[0])
+
+
+def test_holds_what_sampling_needs(pipe, tiny_run):
+    assert pipe.T == 50 and pipe.schedule.T == 50
+    assert pipe.parameterization.name == "eps"
+    assert pipe.class_names == tuple(str(i) for i in range(10)) and pipe.null_class == 10
+    assert pipe.image_shape == (1, 28, 28) and pipe.device == torch.device("cpu")
+    assert pipe.checkpoint.step == 8 and not pipe.model.training
+    assert pipe.describe_sampler("ddim", 5) == "DDIM-5" and pipe.describe_sampler("ddpm") == "DDPM-50"
+    with pytest.raises(ValueError, match="weights must be 'ema' or 'raw'"):
+        Pipeline.from_checkpoint(tiny_run[0], weights="best")
+
+
+def test_labels():
+    torch.testing.assert_close(labels_for("all", 12), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
+    torch.testing.assert_close(labels_for(3, 2), torch.tensor([3, 3]))
+    torch.testing.assert_close(labels_for("none", 2, num_classes=4), torch.tensor([4, 4]))
+
+
+def test_every_registered_sampler_runs_through_sample(pipe):
+    labels = pipe.labels("all", 3)
+    for name in SAMPLERS:
+        steps = None if name == "ddpm" else 4
+        seen = []
+        images = pipe.sample(labels, sampler=name, steps=steps, w=1.0, seed=1, callback=lambda info: seen.append(info["t"]))
+        assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all()
+        assert seen == sampler_timesteps(name, 50, steps)
+
+
+def test_the_initial_noise_depends_on_the_seed_not_the_batch_size(pipe):
+    labels = pipe.labels("all", 5)
+    whole = pipe.sample(labels, steps=3, seed=4)  # DDIM with eta 0: the result is a function of the initial noise
+    torch.testing.assert_close(pipe.sample(labels, steps=3, seed=4, batch_size=2), whole)
+    assert not torch.equal(pipe.sample(labels, steps=3, seed=5), whole)
+
+
+def test_denoiser_returns_x0_and_eps_consistent_with_x_t(pipe):
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 40])
+    x0, eps = pipe.denoiser(pipe.labels(3, 2), w=2.0)(x, t)
+    ab = pipe.schedule.alpha_bar[t].view(-1, 1, 1, 1)
+    assert x0.abs().max() <= 1
+    torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, x, atol=1e-4, rtol=1e-4)
+
+
+def test_to_moves_model_and_schedule_together(pipe):
+    assert pipe.to("cpu") is pipe and pipe.schedule.alpha_bar.device == pipe.device
+
+
+def test_data_info_defaults_for_old_or_partial_metadata():
+    info = DataInfo.from_meta({}, "fashion-mnist")
+    assert (info.image_size, info.channels, info.num_classes) == (28, 1, 10) and info.class_names[0] == "T-shirt/top"
+    assert DataInfo.from_meta({"num_classes": 3}, "mnist").class_names == ("0", "1", "2")
+    assert DataInfo.from_meta(info.to_meta(), "mnist") == info
