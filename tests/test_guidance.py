@@ -65,6 +65,15 @@ def test_guided_x0_is_accurate_at_t_near_T(objective):
     assert (x0.double() - exact).abs().max().item() < 1e-5
 
 
+def test_unconditional_rows_skip_the_wasted_pass():
+    sch, x, t, labels, model = setup()
+    null = torch.full_like(labels, 10)
+    x0, eps = guided_denoiser(model, sch, get_parameterization("v"), null, null_class=10, w=3.0, clip_x0=False)(x, t)
+    assert model.calls == [4]  # one unbatched pass, not 8 rows
+    x0_ref, _ = get_parameterization("v").to_x0_eps(sch, x, t, model(x, t, null))
+    torch.testing.assert_close(x0, x0_ref)
+
+
 def test_cfg_mix_convention():
     c, u = torch.tensor([1.0]), torch.tensor([3.0])
     assert cfg_mix(c, u, 0.0).item() == 1.0

@@ -140,3 +140,36 @@ def test_callback_sees_every_step():
     ddim_sample(dummy_denoiser(sch), torch.zeros(1, 1, 28, 28), sch, spaced_timesteps(50, 7),
                 callback=lambda info: seen.append(info["t"]))
     assert seen == spaced_timesteps(50, 7)
+
+
+def gaussian_flow_reference(sch, x, mu, s, t_last):
+    """For data x_0 ~ N(mu, s^2) the probability-flow ODE keeps z = (x_t - a_t mu) / sqrt(a_t^2 s^2 + sigma_t^2)
+    constant. Solving it exactly from t = T-1 to the grid's last t, then taking the exact posterior mean there (the
+    last step of DDIM and DPM-Solver++ both land on the prediction), gives what a perfect ODE solver returns."""
+    def coefficients(t):
+        ab = sch.alpha_bar[t].double()
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    a_T, sigma_T = coefficients(sch.T - 1)
+    z = (x.double() - a_T * mu) / (a_T**2 * s**2 + sigma_T**2).sqrt()
+    a, sigma = coefficients(t_last)
+    return mu + s * z * a * s / (a**2 * s**2 + sigma**2).sqrt()
+
+
+def test_dpmpp_2m_beats_ddim_at_equal_steps_and_converges():
+    sch = make_schedule("cosine", 1000)
+    mu, s = 0.3, 0.5
+    denoise = exact_gaussian_denoiser(sch, mu, s, 16)
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def error(name, steps):
+        grid = sampler_timesteps(name, 1000, steps)
+        out = SAMPLERS[name](denoise, x.clone(), sch, grid)
+        return (out.double() - gaussian_flow_reference(sch, x, mu, s, grid[-1])).abs().max().item()
+
+    dpm = {steps: error("dpm++2m", steps) for steps in (5, 10, 20, 50, 100, 200)}
+    ddim = {steps: error("ddim", steps) for steps in (5, 10, 20, 50, 100)}
+    assert all(dpm[steps] < 0.5 * ddim[steps] for steps in ddim), (dpm, ddim)
+    assert dpm[20] > dpm[50] > dpm[100] > dpm[200]
+    assert dpm[50] / dpm[100] > 2.5 and dpm[100] / dpm[200] > 2.5  # second order: ~4x per halving of the step
+    assert ddim[50] / ddim[100] < 2.5  # DDIM is first order: ~2x

@@ -30,11 +30,14 @@ def guided_denoiser(model, schedule: Schedule, parameterization: Parameterizatio
                     null_class: int, w: float = 0.0, clip_x0: bool = True) -> Denoiser:
     """A denoiser for `model` conditioned on `labels` (null_class entries are unconditional).
 
-    With w != 0 the conditional and unconditional passes run as one batched forward.
+    With w != 0 the conditional and unconditional passes run as one batched forward (one pass when every label is
+    the null class).
     clip_x0 clamps the predicted image to the data range [-1, 1] and re-derives eps from it, as
     improved-diffusion's `clip_denoised` does; this keeps few-step samplers from overshooting.
     """
     null = torch.full_like(labels, null_class)
+    if w != 0 and bool((labels == null_class).all()):
+        w = 0.0  # every row is unconditional: the mix would return the unconditional pass, so run it alone
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor):
         if w == 0:

@@ -64,9 +64,37 @@ def ddim_sample(denoise, x, schedule: Schedule, timesteps: list[int], *, generat
     return x
 
 
+@torch.no_grad()
+def dpmpp_2m_sample(denoise, x, schedule: Schedule, timesteps: list[int], *, generator=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the diffusion ODE in its
+    data-prediction form, in lambda = log(alpha / sigma). The first step is first order (no history yet) and so is the
+    last, which lands on x_0 (sigma = 0, where the step reduces to the prediction itself)."""
+    steps = len(timesteps)
+    x0_prev = h_prev = None
+    for i, t in enumerate(timesteps):
+        x0, _ = denoise(x, _batch_t(t, x))
+        if i + 1 == steps:
+            x = x0
+        else:
+            s = timesteps[i + 1]
+            h = (schedule.log_snr[s] - schedule.log_snr[t]) / 2  # lambda_s - lambda_t, lambda = log-SNR / 2
+            denoised = x0
+            if x0_prev is not None:  # Algorithm 2: extrapolate the data prediction, r = h_prev / h
+                r = h_prev / h
+                denoised = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            sigma, sigma_s = schedule.sqrt_one_minus_alpha_bar[t], schedule.sqrt_one_minus_alpha_bar[s]
+            # the exponential-integrator step in data-prediction form: x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D
+            x = (sigma_s / sigma) * x - schedule.sqrt_alpha_bar[s] * torch.expm1(-h) * denoised
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback({"i": i, "steps": steps, "t": t, "x": x, "x0": x0})
+    return x
+
+
 SAMPLERS = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
+    "dpm++2m": dpmpp_2m_sample,
 }
 FULL_GRID_ONLY = {"ddpm"}  # samplers whose update is only defined between neighbouring timesteps
 
