@@ -95,5 +95,5 @@ def test_generate_with_each_kind_of_sampler(runs):
     assert logic.sampler_controls("ddpm") == (False, False) and logic.sampler_controls("ddim") == (True, True)
     ddpm = logic.generate(pipe, label=None, sampler="ddpm", steps=None, eta=0.0, w=1.0, seed=0)
     assert len(ddpm.timesteps) == pipe.T and ddpm.x.shape[1] == 1
-    assert logic.describe(pipe, {"sampler": "ddpm", "steps": None, "eta": 0.0}) == "DDPM-50"
-    assert logic.describe(pipe, {"sampler": "ddim", "steps": 7, "eta": 0.5}) == "DDIM-7 (eta 0.5)"
+    assert pipe.describe_sampler("ddpm", None, 0.0) == "DDPM-50"
+    assert pipe.describe_sampler("ddim", 7, 0.5) == "DDIM-7 (eta=0.5)"

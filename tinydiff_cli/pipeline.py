@@ -110,9 +110,10 @@ class Pipeline:
         """The grid `sampler` walks for this model's T (see samplers.sampler_timesteps)."""
         return sampler_timesteps(sampler, self.T, steps)
 
-    def describe_sampler(self, sampler: str, steps: int | None = None) -> str:
-        """'DDIM-10' or 'DDPM-1000' for this model's T."""
-        return sampler_label(sampler, self.timesteps(sampler, steps))
+    def describe_sampler(self, sampler: str, steps: int | None = None, eta: float | None = None) -> str:
+        """'DDIM-10' or 'DDPM-1000' for this model's T; with eta, 'DDIM-10 (eta=0)' for samplers that take it."""
+        label = sampler_label(sampler, self.timesteps(sampler, steps))
+        return f"{label} (eta={eta:g})" if sampler_options(sampler, eta=eta) else label
 
     # ---- drawing ------------------------------------------------------------------------------------------
     def denoiser(self, labels: torch.Tensor, w: float = 0.0) -> Denoiser:

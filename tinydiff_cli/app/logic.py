@@ -80,12 +80,6 @@ def sampler_controls(sampler: str) -> tuple[bool, bool]:
     return sampler not in FULL_GRID_ONLY, "eta" in sampler_options(sampler, eta=0.0)
 
 
-def describe(pipe: Pipeline, settings: dict) -> str:
-    """'DDIM-50 (eta 0)' or 'DDPM-1000' for the generation settings."""
-    label = pipe.describe_sampler(settings["sampler"], settings["steps"])
-    return f"{label} (eta {settings['eta']:g})" if sampler_controls(settings["sampler"])[1] else label
-
-
 def generate(pipe: Pipeline, *, label: int | None, sampler: str, steps: int | None, eta: float, w: float,
              seed: int) -> Trajectory:
     """One sample's whole trajectory. label None is unconditional; sampler is a name from samplers.SAMPLERS."""

@@ -56,7 +56,7 @@ def generate(pipe: Pipeline, entry: logic.ModelEntry, settings: dict) -> None:
     with st.spinner("denoising ..."):
         traj = logic.generate(pipe, **settings)
     st.session_state.result = {"trajectory": traj, "frames": logic.render(traj), "settings": settings,
-                               "model": entry.label, "seconds": traj.seconds, "sampler": logic.describe(pipe, settings)}
+                               "model": entry.label, "seconds": traj.seconds, "sampler": pipe.describe_sampler(settings["sampler"], settings["steps"], settings["eta"])}
     st.session_state.generations = st.session_state.get("generations", 0) + 1
     st.session_state.frame = len(traj.timesteps)  # start the slider on the result
 

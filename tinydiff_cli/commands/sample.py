@@ -29,7 +29,7 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
     pipe = load_pipeline(ckpt, device, weights)
     labels = pipe.labels(choice, n)
     console.print(f"checkpoint {ckpt.json_path} (step {ckpt.step}, {'EMA' if weights == 'ema' else 'raw'} weights); "
-                  f"{options.describe(pipe)}, w={options.w:g}, device {describe(pipe.device)}")
+                  f"{pipe.describe_sampler(options.sampler, options.steps, options.eta)}, w={options.w:g}, device {describe(pipe.device)}")
 
     batches = math.ceil(n / (options.batch_size or default_batch_size(pipe.device)))
     with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
