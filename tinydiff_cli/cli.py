@@ -24,10 +24,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def sampler_name(value: str) -> str:
     """A --sampler value, checked against the engine's registry when the flag is used (importing the registry
     imports torch, which `tinydiff --version` and --help should not wait for)."""
-    from .samplers import SAMPLERS
+    from .samplers import check_sampler
 
-    if value not in SAMPLERS:
-        raise typer.BadParameter(f"unknown sampler '{value}'; choose one of {', '.join(SAMPLERS)}")
+    try:
+        check_sampler(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     return value
 
 

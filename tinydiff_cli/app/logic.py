@@ -16,7 +16,7 @@ from ..data import to_uint8
 from ..errors import TinydiffError
 from ..images import encode_gif, trajectory_frames, upscale
 from ..pipeline import Pipeline, Trajectory
-from ..samplers import FULL_GRID_ONLY, SAMPLERS, sampler_options
+from ..samplers import FULL_GRID_ONLY, check_sampler, sampler_options
 from ..visualize import frames_with_result, pick_frames
 
 model_forward_calls = 0  # counts denoiser forwards in this process; the tests check that scrubbing adds none
@@ -83,8 +83,10 @@ def sampler_controls(sampler: str) -> tuple[bool, bool]:
 def generate(pipe: Pipeline, *, label: int | None, sampler: str, steps: int | None, eta: float, w: float,
              seed: int) -> Trajectory:
     """One sample's whole trajectory. label None is unconditional; sampler is a name from samplers.SAMPLERS."""
-    if sampler not in SAMPLERS:
-        raise TinydiffError(f"unknown sampler {sampler}")
+    try:
+        check_sampler(sampler)
+    except ValueError as e:
+        raise TinydiffError(str(e)) from None
     labels = torch.tensor([pipe.null_class if label is None else label])
     return pipe.trajectory(labels, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed)
 
