@@ -63,3 +63,17 @@ def test_data_info_defaults_for_old_or_partial_metadata():
     assert (info.image_size, info.channels, info.num_classes) == (28, 1, 10) and info.class_names[0] == "T-shirt/top"
     assert DataInfo.from_meta({"num_classes": 3}, "mnist").class_names == ("0", "1", "2")
     assert DataInfo.from_meta(info.to_meta(), "mnist") == info
+
+
+def test_the_default_sampler_is_the_measured_one_and_the_cli_says_so(pipe):
+    import typing
+
+    from tinydiff_cli.cli import SamplerOption, StepsOption
+    from tinydiff_cli.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    assert pipe.sampling() == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert pipe.sampling("ddim") == ("ddim", None)  # a named sampler without steps walks all T
+    assert pipe.sampling(steps=4) == (DEFAULT_SAMPLER, 4)
+    assert len(pipe.timesteps()) == DEFAULT_STEPS and len(pipe.timesteps("ddpm")) == pipe.T
+    assert f"{DEFAULT_SAMPLER} with {DEFAULT_STEPS} steps" in typing.get_args(SamplerOption)[1].help
+    assert f"default: {DEFAULT_STEPS} without --sampler" in typing.get_args(StepsOption)[1].help

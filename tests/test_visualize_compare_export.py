@@ -64,15 +64,17 @@ def test_trajectory_ends_on_the_same_image_as_sample(run_dir):
 
 def test_compare_json_and_grid(run_dir, tmp_path):
     result = invoke("compare", "--checkpoint", run_dir, "--steps", "2,5", "--n", "6", "--show", "4",
-                    "--out", tmp_path / "c.png", "--json", "--device", "cpu")
+                    "--out", tmp_path / "c.png", "--plot", tmp_path / "f.png", "--json", "--device", "cpu")
     report = json.loads(result.stdout[result.stdout.index("{"):])
     names = [row["sampler"] for row in report["samplers"]]
-    assert names == ["DDPM-50", "DDIM-2", "DDIM-5"]
+    assert names == ["DDPM-50", "DDIM-2", "DDIM-5", "DPM++2M-2", "DPM++2M-5"]  # every registered sampler
+    assert [row["network_evaluations"] for row in report["samplers"]] == [100, 4, 10, 4, 10]  # w = 1: two per step
     assert report["samplers"][0]["speedup_vs_ddpm"] == 1.0
     assert all(row["fid"] >= 0 and 0 <= row["class_accuracy"] <= 1 for row in report["samplers"])
-    assert iio.imread(tmp_path / "c.png").shape[:2] == (420, 330)  # 4 rows x 3 sampler columns
+    assert iio.imread(tmp_path / "c.png").shape[:2] == (420, 510)  # 4 rows x 5 sampler columns
+    assert report["plot"] == str(tmp_path / "f.png") and iio.imread(tmp_path / "f.png").shape[:2] == (450, 1100)
 
-    table = invoke("compare", "--checkpoint", run_dir, "--steps", "3", "--n", "4", "--no-eval",
+    table = invoke("compare", "--checkpoint", run_dir, "--samplers", "ddim", "--steps", "3", "--n", "4", "--no-eval",
                    "--out", tmp_path / "d.png", "--device", "cpu")
     assert "DDIM-3" in table.output and "speed-up" in table.output
 

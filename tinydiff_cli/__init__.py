@@ -9,4 +9,4 @@ The engine is importable without the CLI:
 and so are its parts: `schedules.make_schedule`, `samplers.SAMPLERS`, `parameterization.get_parameterization`,
 `models.UNet`.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -51,6 +51,39 @@ class DataInfo:
                 "num_classes": self.num_classes, "class_names": list(self.class_names)}
 
 
+@dataclass(frozen=True)
+class DistillInfo:
+    """What a distilled student was distilled for (the "distilled" entry of the JSON, see distill.py): the sampler
+    and number of steps it samples with, and the range of guidance weights it learned."""
+
+    sampler: str
+    steps: int
+    w_min: float
+    w_max: float
+    teacher: str = ""
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> "DistillInfo | None":
+        if not meta:
+            return None
+        return cls(meta["sampler"], int(meta["steps"]), float(meta["w_min"]), float(meta["w_max"]),
+                   meta.get("teacher", ""))
+
+    def to_meta(self) -> dict:
+        return {"sampler": self.sampler, "steps": self.steps, "w_min": self.w_min, "w_max": self.w_max,
+                "teacher": self.teacher}
+
+    def check(self, sampler: str, steps: int | None, w: float) -> None:
+        """A TinydiffError unless (sampler, steps, w) is what the student was distilled for."""
+        if sampler != self.sampler or steps != self.steps:
+            teacher = f" ({self.teacher})" if self.teacher else ""
+            raise TinydiffError(f"this model was distilled to sample with {self.sampler} in {self.steps} steps; leave out "
+                                f"--sampler/--steps/--ddim (or give --steps {self.steps}), or sample its teacher{teacher} "
+                                f"for other samplers and step counts")
+        if not self.w_min <= w <= self.w_max:
+            raise TinydiffError(f"this model learned guidance weights w in [{self.w_min:g}, {self.w_max:g}]; got --w {w:g}")
+
+
 @dataclass
 class Checkpoint:
     meta: dict
@@ -64,6 +97,11 @@ class Checkpoint:
     @property
     def data(self) -> DataInfo:
         return DataInfo.from_meta(self.meta.get("data", {}), self.config.data.dataset)
+
+    @property
+    def distilled(self) -> DistillInfo | None:
+        """Set for a student written by `tinydiff distill`: the sampler, steps and w range it takes."""
+        return DistillInfo.from_meta(self.meta.get("distilled"))
 
     @property
     def is_training_checkpoint(self) -> bool:
@@ -127,7 +165,7 @@ def _load_exported(path: Path) -> Checkpoint:
                             f"and has no .json sidecar beside it")
     try:
         meta = {"format": MODEL_FORMAT, "step": int(metadata["step"]), "config": json.loads(metadata["config"]),
-                "data": json.loads(metadata.get("data", "{}"))}
+                "data": json.loads(metadata.get("data", "{}")), "distilled": json.loads(metadata.get("distilled", "null"))}
     except (KeyError, ValueError):
         raise TinydiffError(f"{path} has damaged tinydiff metadata; export it again") from None
     return Checkpoint(meta, path, path)

@@ -39,8 +39,8 @@ CheckpointOption = Annotated[Optional[Path], typer.Option(
 DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps: short for --sampler ddim --steps N.")]
 SamplerOption = Annotated[Optional[str], typer.Option(
     "--sampler", parser=sampler_name, metavar="NAME",
-    help="A sampler of the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: ddpm over all T steps, or ddim with --ddim]")]
-StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: all T]")]
+    help="A sampler of the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: dpm++2m with 5 steps; a distilled model's own]")]
+StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: 5 without --sampler (a distilled model: its own), all T with it]")]
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[float, typer.Option("--w", help=GUIDANCE_HELP)]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
@@ -248,8 +248,9 @@ def visualize_app_command(
 @user_errors
 def compare(
     checkpoint: CheckpointOption = None,
-    samplers: Annotated[str, typer.Option(help="Comma-separated samplers from the registry to compare against DDPM.")] = "ddim",
-    steps: Annotated[str, typer.Option(help="Comma-separated step counts, each run with every sampler.")] = "10,50,100",
+    samplers: Annotated[Optional[str], typer.Option(help="Comma-separated samplers from the registry to compare against DDPM. \\[default: all of them]")] = None,
+    steps: Annotated[str, typer.Option(help="Comma-separated step counts, each run with every sampler.")] = "5,10,20",
+    distilled: Annotated[Optional[list[Path]], typer.Option("--distilled", help="A distilled model (from `tinydiff distill`) to compare too, at its own steps (repeatable).")] = None,
     n: Annotated[int, typer.Option(help="Samples per sampler (FID depends on N: compare at equal N).")] = 50,
     digit: DigitOption = "all",
     w: GuidanceOption = 1.0,
@@ -257,19 +258,51 @@ def compare(
     seed: Annotated[int, typer.Option(help="Random seed: every sampler starts from the same noise.")] = 0,
     show: Annotated[int, typer.Option(help="Rows of the side-by-side grid.")] = 10,
     out: Annotated[Path, typer.Option(help="Side-by-side PNG to write.")] = Path("compare.png"),
+    plot: Annotated[Path, typer.Option(help="PNG of FID against network evaluations and wall time (with --eval).")] = Path("compare_frontier.png"),
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Score each sampler with FID and class accuracy.")] = True,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder for the scores. \\[default: the checkpoint's]")] = None,
     batch_size: SampleBatchOption = None,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ):
-    """DDPM (all T steps) against DDIM (or --samplers) at several step counts: time, speed-up, FID and class accuracy."""
+    """DDPM (all T steps) against every other sampler at several step counts, and distilled models: network
+    evaluations, time, speed-up, FID and class accuracy, and a plot of FID against evaluations and time."""
     from .commands.common import SamplingOptions
     from .commands.compare import run_compare
 
     options = SamplingOptions(eta=eta, w=w, seed=seed, batch_size=batch_size)
-    run_compare(checkpoint=checkpoint, samplers=samplers, steps=steps, n=n, digit=digit, options=options, show=show,
-                out=out, evaluate=evaluate, data_dir=data_dir, device=device, as_json=as_json)
+    run_compare(checkpoint=checkpoint, samplers=samplers, steps=steps, distilled=list(distilled or []), n=n,
+                digit=digit, options=options, show=show, out=out, plot=plot, evaluate=evaluate, data_dir=data_dir,
+                device=device, as_json=as_json)
+
+
+@app.command()
+@user_errors
+def distill(
+    checkpoint: CheckpointOption = None,
+    steps: Annotated[int, typer.Option(help="Sampling steps of the distilled model: 1, 2 or 4.")] = 2,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the distilled model. \\[default: runs/<run>-<steps>step]")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget for all stages, split evenly. \\[default: 20]")] = None,
+    teacher_steps: Annotated[int, typer.Option(help="DDIM steps of the teacher grid the halving starts from (--steps times a power of 2).")] = 8,
+    w_max: Annotated[float, typer.Option(help="Largest guidance weight the student learns (it learns w in [0, w_max]).")] = 2.0,
+    stage_iterations: Annotated[int, typer.Option(help="Optimizer steps per stage at most.")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of each stage (warm-up, then cosine decay).")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Training data folder. \\[default: the checkpoint's]")] = None,
+    device: DeviceOption = "auto",
+    resume: Annotated[Optional[str], typer.Option(help="Continue a distillation: --resume alone takes --out, or give its folder.")] = None,
+):
+    """Distil a checkpoint to 1-4 sampling steps: guidance into the network, then progressive halving."""
+    from .commands.distill import run_distill
+    from .distill import DistillSettings
+
+    settings = DistillSettings(steps=steps, teacher_steps=teacher_steps, w_max=w_max, stage_iterations=stage_iterations,
+                               batch_size=batch_size, lr=lr, seed=seed,
+                               max_minutes=20.0 if max_minutes is None and resume is None else max_minutes)
+    code = run_distill(checkpoint=checkpoint, settings=settings, out=out, data_dir=str(data_dir) if data_dir else None,
+                       device=device, resume=resume)
+    raise typer.Exit(code)
 
 
 @app.command()

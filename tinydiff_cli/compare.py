@@ -1,4 +1,4 @@
-"""Samplers side by side, from the same initial noise and labels: time and quality."""
+"""Samplers side by side, from the same initial noise and labels: time, network evaluations and quality."""
 from __future__ import annotations
 
 import time
@@ -10,11 +10,21 @@ from .data import to_uint8
 from .pipeline import Pipeline
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One entry of a comparison: a pipeline and how to sample it (None: its default, a distilled student's own)."""
+
+    pipe: Pipeline
+    sampler: str | None = None
+    steps: int | None = None
+
+
 @dataclass
 class SamplerRun:
-    name: str  # e.g. "DDIM-10"
+    name: str  # e.g. "DDIM-10", "distilled DDIM-2"
     sampler: str  # the registry name
     model_steps: int
+    evaluations: int  # network evaluations per image (two per step under classifier-free guidance)
     images: torch.Tensor  # float (N, C, H, W) on CPU
     seconds: float
     score: object = None  # evaluation.Score when a scorer was given
@@ -23,20 +33,28 @@ class SamplerRun:
     def seconds_per_image(self) -> float:
         return self.seconds / self.images.shape[0]
 
+    @property
+    def family(self) -> str:
+        """'DDIM', 'DPM++2M', 'distilled DDIM': the name without its step count, one curve of the frontier plot."""
+        return self.name.rsplit("-", 1)[0]
 
-def compare_samplers(pipe: Pipeline, labels: torch.Tensor, plans: list[tuple[str, int | None]], *, scorer=None,
-                     on_start=None, **sample_kwargs) -> list[SamplerRun]:
-    """Runs each (sampler, steps) plan in order with the same `sample_kwargs` (w, eta, seed, batch_size), so every
-    run starts from the same seeded noise; scores each with `scorer` when given."""
+
+def compare_samplers(plans: list[Plan], labels: torch.Tensor, *, scorer=None, on_start=None, w: float = 0.0,
+                     **sample_kwargs) -> list[SamplerRun]:
+    """Runs each plan in order with the same labels, w and `sample_kwargs` (eta, seed, batch_size), so every run
+    starts from the same seeded noise; scores each with `scorer` when given."""
     runs = []
-    for sampler, steps in plans:
-        timesteps = pipe.timesteps(sampler, steps)
+    for plan in plans:
+        pipe = plan.pipe
+        sampler, steps = pipe.sampling(plan.sampler, plan.steps, w)
         name = pipe.describe_sampler(sampler, steps)
         if on_start is not None:
             on_start(name)
         start = time.perf_counter()
-        images = pipe.sample(labels, sampler=sampler, steps=steps, **sample_kwargs)
-        run = SamplerRun(name, sampler, len(timesteps), images, time.perf_counter() - start)
+        images = pipe.sample(labels, sampler=sampler, steps=steps, w=w, **sample_kwargs)
+        model_steps = len(pipe.timesteps(sampler, steps))
+        run = SamplerRun(name, sampler, model_steps, model_steps * pipe.passes_per_step(labels, w), images,
+                         time.perf_counter() - start)
         if scorer is not None:
             run.score = scorer.score(to_uint8(images), labels)
         runs.append(run)

@@ -27,6 +27,7 @@ class ModelConfig:
     type: Literal["unet", "dit"] = "unet"
     dropout: float = 0.0
     heads: int = 4
+    guidance_input: bool = False  # takes the guidance weight w as an input (set by `tinydiff distill`)
     # unet
     base_channels: int = 32
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])

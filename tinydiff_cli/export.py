@@ -1,7 +1,8 @@
 """Shipping a trained denoiser: EMA weights as safetensors (config in the metadata), ONNX, or torch.export.
 
 Every exported denoiser has the same interface: (x_t float (B, C, H, W), t int64 (B,), labels int64 (B,))
--> the model's prediction (eps, x0 or v, as the config's diffusion.objective says), shaped like x_t. Each function
+-> the model's prediction (eps, x0 or v, as the config's diffusion.objective says), shaped like x_t. A distilled
+student (`tinydiff distill`) takes a fourth input, w float (B,), the guidance weight. Each function
 takes the Pipeline whose EMA model it ships.
 """
 from __future__ import annotations
@@ -23,13 +24,25 @@ from .pipeline import Pipeline
 FORMATS = ("safetensors", "onnx", "pt2")
 
 
-def example_inputs(pipe: Pipeline, batch: int = 2, seed: int = 0):
-    """Random (x_t, t, labels) on the pipeline's device for its image shape, T and classes (the null class included)."""
+def input_names(pipe: Pipeline) -> list[str]:
+    """The model's inputs: x_t, t, labels, and w for a student that takes the guidance weight."""
+    return ["x_t", "t", "labels"] + (["w"] if pipe.takes_w else [])
+
+
+def example_inputs(pipe: Pipeline, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs (see input_names) on the pipeline's device for its image shape, T and classes (the null class
+    included) and, for a distilled student, w in its range."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, *pipe.image_shape, generator=g)
-    t = torch.randint(0, pipe.T, (batch,), generator=g)
-    labels = torch.randint(0, pipe.num_classes + 1, (batch,), generator=g)
-    return x.to(pipe.device), t.to(pipe.device), labels.to(pipe.device)
+    inputs = [torch.randn(batch, *pipe.image_shape, generator=g), torch.randint(0, pipe.T, (batch,), generator=g),
+              torch.randint(0, pipe.num_classes + 1, (batch,), generator=g)]
+    if pipe.takes_w:
+        inputs.append(torch.rand(batch, generator=g) * 2)
+    return tuple(x.to(pipe.device) for x in inputs)
+
+
+def _dynamic_batch(pipe: Pipeline) -> dict:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return {name: {0: batch} for name in ["x", "t", "labels", "w"][:len(input_names(pipe))]}
 
 
 def export_safetensors(pipe: Pipeline, path: Path) -> Path:
@@ -39,6 +52,8 @@ def export_safetensors(pipe: Pipeline, path: Path) -> Path:
     weights = {f"ema.{k}": v.detach().contiguous().cpu() for k, v in pipe.model.state_dict().items()}
     metadata = {"format": MODEL_FORMAT, "step": str(ckpt.step), "tinydiff_version": __version__,
                 "config": json.dumps(ckpt.meta["config"]), "data": json.dumps(ckpt.data.to_meta())}
+    if ckpt.distilled is not None:  # a distilled student keeps its sampler, steps and w range
+        metadata["distilled"] = json.dumps(ckpt.distilled.to_meta())
     with atomic_path(path) as tmp:
         save_file(weights, str(tmp), metadata=metadata)
     return path
@@ -47,12 +62,11 @@ def export_safetensors(pipe: Pipeline, path: Path) -> Path:
 def export_onnx(pipe: Pipeline, path: Path) -> Path:
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
         raise TinydiffError("ONNX export needs the onnx extra: pip install 'tinydiff[onnx]'")
-    batch = torch.export.Dim("batch", min=1, max=4096)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis naming are not actionable for users
-        torch.onnx.export(pipe.model, example_inputs(pipe), str(tmp), input_names=["x_t", "t", "labels"],
+        torch.onnx.export(pipe.model, example_inputs(pipe), str(tmp), input_names=input_names(pipe),
                           output_names=["prediction"], dynamo=True, external_data=False, verbose=False,
-                          dynamic_shapes={"x": {0: batch}, "t": {0: batch}, "labels": {0: batch}})
+                          dynamic_shapes=_dynamic_batch(pipe))
     return path
 
 
@@ -62,18 +76,16 @@ def check_onnx(pipe: Pipeline, path: Path, batch: int = 5) -> float | None:
         import onnxruntime
     except ImportError:
         return None
-    x, t, labels = example_inputs(pipe, batch, seed=1)
+    inputs = example_inputs(pipe, batch, seed=1)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"x_t": x.cpu().numpy(), "t": t.cpu().numpy(), "labels": labels.cpu().numpy()})
+    (out,) = session.run(None, {name: x.cpu().numpy() for name, x in zip(input_names(pipe), inputs)})
     with torch.no_grad():
-        expected = pipe.model(x, t, labels).cpu()
+        expected = pipe.model(*inputs).cpu()
     return (torch.from_numpy(out) - expected).abs().max().item()
 
 
 def export_pt2(pipe: Pipeline, path: Path) -> Path:
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(pipe.model, example_inputs(pipe),
-                                  dynamic_shapes={"x": {0: batch}, "t": {0: batch}, "labels": {0: batch}})
+    program = torch.export.export(pipe.model, example_inputs(pipe), dynamic_shapes=_dynamic_batch(pipe))
     with atomic_path(path) as tmp:
         torch.export.save(program, str(tmp))
     return path
@@ -81,7 +93,7 @@ def export_pt2(pipe: Pipeline, path: Path) -> Path:
 
 def check_pt2(pipe: Pipeline, path: Path, batch: int = 5) -> float:
     """Max |reloaded program - PyTorch| on random inputs."""
-    x, t, labels = example_inputs(pipe, batch, seed=1)
+    inputs = example_inputs(pipe, batch, seed=1)
     reloaded = torch.export.load(str(path)).module()
     with torch.no_grad():
-        return (reloaded(x, t, labels) - pipe.model(x, t, labels)).abs().max().item()
+        return (reloaded(*inputs) - pipe.model(*inputs)).abs().max().item()

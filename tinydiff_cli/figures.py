@@ -88,3 +88,29 @@ def trajectory_strip(x: torch.Tensor, x0: torch.Tensor, labels: list[str], path:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def frontier_chart(results: list[dict], path: str | Path, title: str) -> Path:
+    """FID against network evaluations per image (left) and against seconds per 1,000 images (right), one line per
+    sampler family (the rows of `tinydiff compare`: family, sampler, network_evaluations, ms_per_image, fid)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
+    families = list(dict.fromkeys(r["family"] for r in results))
+    for family in families:
+        rows = sorted((r for r in results if r["family"] == family), key=lambda r: r["network_evaluations"])
+        for ax, key in ((axes[0], "network_evaluations"), (axes[1], "ms_per_image")):  # ms/image = s per 1,000
+            xs = [r[key] for r in rows]
+            ax.plot(xs, [r["fid"] for r in rows], marker="o", label=family)
+            for x, r in zip(xs, rows):
+                ax.annotate(r["sampler"].rsplit("-", 1)[-1], (x, r["fid"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    axes[0].set(xlabel="network evaluations per image (log)", ylabel="FID (lower is better)")
+    axes[1].set(xlabel="seconds per 1,000 images (log)", ylabel="FID (lower is better)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.axhline(results[0]["fid_real_floor"], color="grey", linestyle=":", label="real-data floor")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -26,29 +26,53 @@ def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     return (1 + w) * cond - w * uncond
 
 
-def guided_denoiser(model, schedule: Schedule, parameterization: Parameterization, labels: torch.Tensor, *,
-                    null_class: int, w: float = 0.0, clip_x0: bool = True) -> Denoiser:
-    """A denoiser for `model` conditioned on `labels` (null_class entries are unconditional).
-
-    With w != 0 the conditional and unconditional passes run as one batched forward (one pass when every label is
-    the null class).
-    clip_x0 clamps the predicted image to the data range [-1, 1] and re-derives eps from it, as
-    improved-diffusion's `clip_denoised` does; this keeps few-step samplers from overshooting.
-    """
+def guided_output(model, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, *, null_class: int,
+                  w: float | torch.Tensor) -> torch.Tensor:
+    """The network's output mixed by eq. 6; w is one weight or one per row, (B,). The conditional and unconditional
+    passes run as one batched forward."""
+    if not torch.is_tensor(w) and w == 0:
+        return model(x_t, t, labels)
+    w = torch.as_tensor(w, device=x_t.device, dtype=x_t.dtype).reshape(-1, *[1] * (x_t.dim() - 1))
     null = torch.full_like(labels, null_class)
-    if w != 0 and bool((labels == null_class).all()):
-        w = 0.0  # every row is unconditional: the mix would return the unconditional pass, so run it alone
+    cond, uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+    return cfg_mix(cond, uncond, w)
+
+
+def predict_clipped(schedule: Schedule, parameterization: Parameterization, x_t, t, output, clip_x0: bool = True):
+    """(x_0, eps) from the network's output; clip_x0 clamps x_0 to the data range [-1, 1] and re-derives eps from it,
+    as improved-diffusion's `clip_denoised` does, which keeps few-step samplers from overshooting."""
+    x0, eps = parameterization.to_x0_eps(schedule, x_t, t, output)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = predict_eps_from_x0(schedule, x_t, t, x0)
+    return x0, eps
+
+
+def passes_per_step(model, labels: torch.Tensor, *, null_class: int, w: float) -> int:
+    """Network evaluations per image per step: 2 under classifier-free guidance, 1 for a model that takes w as an
+    input, with w = 0, or for an all-unconditional batch (see guided_denoiser)."""
+    embedded = getattr(model, "guidance_emb", None) is not None
+    return 1 if embedded or w == 0 or bool((labels == null_class).all()) else 2
+
+
+def guided_denoiser(model, schedule: Schedule, parameterization: Parameterization, labels: torch.Tensor, *,
+                    null_class: int, w: float | torch.Tensor = 0.0, clip_x0: bool = True) -> Denoiser:
+    """A denoiser for `model` conditioned on `labels` (null_class entries are unconditional); w is one guidance
+    weight or one per row, (B,).
+
+    A model that takes w as an input (a guidance-distilled student, `model.guidance_emb`) gets it there, in one pass.
+    Otherwise w != 0 runs the conditional and unconditional passes as one batched forward, and a batch that is all
+    null class runs one pass (the mix would return the unconditional pass). See `predict_clipped` for clip_x0.
+    """
+    embedded = getattr(model, "guidance_emb", None) is not None
+    if not torch.is_tensor(w) and passes_per_step(model, labels, null_class=null_class, w=w) == 1 and not embedded:
+        w = 0.0
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor):
-        if w == 0:
-            output = model(x_t, t, labels)
+        if embedded:
+            output = model(x_t, t, labels, torch.as_tensor(w, device=x_t.device, dtype=x_t.dtype).expand(x_t.shape[0]))
         else:
-            cond, uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-            output = cfg_mix(cond, uncond, w)
-        x0, eps = parameterization.to_x0_eps(schedule, x_t, t, output)
-        if clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = predict_eps_from_x0(schedule, x_t, t, x0)
-        return x0, eps
+            output = guided_output(model, x_t, t, labels, null_class=null_class, w=w)
+        return predict_clipped(schedule, parameterization, x_t, t, output, clip_x0)
 
     return denoise

@@ -3,6 +3,8 @@
 
     pipe = Pipeline.from_checkpoint("runs/unet-small")
     images = pipe.sample(pipe.labels("all", 10), sampler="ddim", steps=10, w=1.0)   # float (10, 1, 28, 28) in [-1, 1]
+    images = pipe.sample(pipe.labels("all", 10), w=1.0)   # the default: samplers.DEFAULT_SAMPLER, or a distilled
+                                                          # student's own sampler and steps
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, DataInfo, load_checkpoint, load_model
+from .checkpoint import Checkpoint, DataInfo, DistillInfo, load_checkpoint, load_model
 from .config import Config
-from .guidance import Denoiser, guided_denoiser
+from .guidance import Denoiser, guided_denoiser, passes_per_step
 from .parameterization import Parameterization, get_parameterization
-from .samplers import check_sampler, sampler_label, sampler_options, sampler_timesteps
+from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, check_sampler, sampler_label, sampler_options, sampler_timesteps
 from .schedules import Schedule, make_schedule
 
 
@@ -39,6 +41,20 @@ def labels_for(choice: str | int | None, n: int, num_classes: int = 10) -> torch
     if choice == "all":
         return torch.arange(n, dtype=torch.long) % num_classes
     return torch.full((n,), int(choice), dtype=torch.long)
+
+
+def resolve_sampling(distilled: DistillInfo | None, sampler: str | None, steps: int | None,
+                     w: float) -> tuple[str, int | None]:
+    """(sampler, steps) to use when asked for `sampler` and `steps`, None meaning "the default": a distilled
+    student's own, else samplers.DEFAULT_SAMPLER with DEFAULT_STEPS. A sampler named without steps takes all T.
+    A distilled student refuses other samplers, step counts and a w outside its range (TinydiffError)."""
+    if distilled is not None:
+        chosen = (sampler or distilled.sampler, steps or distilled.steps)
+        distilled.check(*chosen, w)
+        return chosen
+    if sampler is None:
+        return DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+    return sampler, steps
 
 
 @dataclass
@@ -97,6 +113,20 @@ class Pipeline:
     def T(self) -> int:
         return self.schedule.T
 
+    @property
+    def distilled(self) -> DistillInfo | None:
+        """What a student from `tinydiff distill` was distilled for (its sampler, steps and w range); else None."""
+        return self.checkpoint.distilled if self.checkpoint is not None else None
+
+    @property
+    def takes_w(self) -> bool:
+        """Whether the network takes the guidance weight as an input (a guidance-distilled student)."""
+        return getattr(self.model, "guidance_emb", None) is not None
+
+    def sampling(self, sampler: str | None = None, steps: int | None = None, w: float = 0.0) -> tuple[str, int | None]:
+        """See `resolve_sampling`."""
+        return resolve_sampling(self.distilled, sampler, steps, w)
+
     def to(self, device) -> "Pipeline":
         """Move the model and the schedule together."""
         self.model, self.schedule = self.model.to(device), self.schedule.to(device)
@@ -106,13 +136,19 @@ class Pipeline:
         """See `labels_for`: "all", a class index, or None/"none" for unconditional."""
         return labels_for(choice, n, self.num_classes)
 
-    def timesteps(self, sampler: str, steps: int | None = None) -> list[int]:
-        """The grid `sampler` walks for this model's T (see samplers.sampler_timesteps)."""
+    def timesteps(self, sampler: str | None = None, steps: int | None = None) -> list[int]:
+        """The grid `sampler` walks for this model's T (see `sampling` and samplers.sampler_timesteps)."""
+        sampler, steps = self.sampling(sampler, steps, self._any_w())
         return sampler_timesteps(sampler, self.T, steps)
 
-    def describe_sampler(self, sampler: str, steps: int | None = None, eta: float | None = None) -> str:
-        """'DDIM-10' or 'DDPM-1000' for this model's T; with eta, 'DDIM-10 (eta=0)' for samplers that take it."""
-        label = sampler_label(sampler, self.timesteps(sampler, steps))
+    def _any_w(self) -> float:
+        return self.distilled.w_min if self.distilled is not None else 0.0  # for questions that do not involve w
+
+    def describe_sampler(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> str:
+        """'DDIM-10' or 'DDPM-1000' for this model's T; with eta, 'DDIM-10 (eta=0)' for samplers that take it;
+        'distilled DDIM-2' for a distilled student."""
+        sampler, steps = self.sampling(sampler, steps, self._any_w())
+        label = ("distilled " if self.distilled else "") + sampler_label(sampler, self.timesteps(sampler, steps))
         return f"{label} (eta={eta:g})" if sampler_options(sampler, eta=eta) else label
 
     # ---- drawing ------------------------------------------------------------------------------------------
@@ -121,19 +157,25 @@ class Pipeline:
         return guided_denoiser(self.model, self.schedule, self.parameterization, labels.to(self.device),
                                null_class=self.null_class, w=w)
 
+    def passes_per_step(self, labels: torch.Tensor, w: float) -> int:
+        """Network evaluations per image per step (2 under classifier-free guidance; see guidance.passes_per_step)."""
+        return passes_per_step(self.model, labels, null_class=self.null_class, w=w)
+
     def _run(self, labels, x, *, sampler, timesteps, eta, w, generator, callback):
         return check_sampler(sampler)(self.denoiser(labels, w), x, self.schedule, timesteps, generator=generator,
                                       callback=callback, **sampler_options(sampler, eta=eta))
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, *, sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
-               w: float = 0.0, seed: int = 0, batch_size: int | None = None, callback=None) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
+               eta: float | None = None, w: float = 0.0, seed: int = 0, batch_size: int | None = None,
+               callback=None) -> torch.Tensor:
         """Samples for `labels` in batches: float (N, C, H, W) in [-1, 1], on CPU.
 
-        steps None means all T steps. eta goes to the samplers that take it (DDIM). All initial noise is drawn first
+        sampler and steps as in `sampling` (None: the default; a sampler without steps: all T). eta goes to the samplers that take it (DDIM). All initial noise is drawn first
         from the seeded generator, so every sampler run with the same seed starts from the same noise, whatever the
         batch size. `callback` gets each step's dict (see samplers).
         """
+        sampler, steps = self.sampling(sampler, steps, w)
         timesteps = self.timesteps(sampler, steps)
         batch_size = batch_size or default_batch_size(self.device)
         generator = make_generator(seed, self.device)
@@ -146,9 +188,10 @@ class Pipeline:
         return torch.cat(out)
 
     @torch.no_grad()
-    def trajectory(self, labels: torch.Tensor, *, sampler: str = "ddim", steps: int | None = None,
+    def trajectory(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                    eta: float | None = None, w: float = 0.0, seed: int = 0) -> Trajectory:
         """Sample one batch and keep every step; its last frame equals `sample` with the same arguments."""
+        sampler, steps = self.sampling(sampler, steps, w)
         timesteps = self.timesteps(sampler, steps)
         generator = make_generator(seed, self.device)
         x = torch.randn((labels.shape[0], *self.image_shape), device=self.device, generator=generator)

@@ -14,8 +14,8 @@ CSV_FIELDS = ["step", "epoch", "train_loss", "eval_loss", "lr", "images_per_s", 
 class PrintReporter:
     """The engine's default progress output; the CLI passes a Rich one with the same methods."""
 
-    def start(self, total_steps: int, step: int) -> None:
-        print(f"training steps {step}..{total_steps}")
+    def start(self, total_steps: int, step: int, description: str = "train") -> None:
+        print(f"{description}: steps {step}..{total_steps}")
 
     def update(self, step: int, metrics: dict | None) -> None:
         """Called every step; `metrics` (loss, lr, images_per_s, eta_s) every train.log_every steps."""

@@ -27,15 +27,16 @@ class RichReporter:
     def __init__(self, plain_every_s: float = 30.0):
         self.plain_every_s, self.last_plain = plain_every_s, time.monotonic()
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss [cyan]{task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
             TextColumn("{task.fields[speed]} img/s"), TextColumn("elapsed"), TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"), console=console, transient=False)
         self.task = None
 
-    def start(self, total_steps: int, step: int) -> None:
+    def start(self, total_steps: int, step: int, description: str = "train") -> None:
+        """A new bar (one per stage, for `distill`)."""
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total_steps, completed=step,
+        self.task = self.progress.add_task(description, total=total_steps, completed=step,
                                            loss="-", lr="-", speed="-", eta="-")
 
     def update(self, step: int, metrics: dict | None) -> None:
@@ -46,8 +47,9 @@ class RichReporter:
         self.progress.update(self.task, completed=step, **fields)
         if metrics and not console.is_terminal and time.monotonic() - self.last_plain >= self.plain_every_s:
             self.last_plain = time.monotonic()
-            total = self.progress.tasks[0].total
-            console.print(f"step {step}/{total}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']} img/s  "
+            task = next(t for t in self.progress.tasks if t.id == self.task)
+            total = task.total
+            console.print(f"{task.description}: step {step}/{total}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']} img/s  "
                           f"ETA {fields['eta']}", highlight=False)
 
     def log(self, message: str) -> None:

@@ -11,7 +11,7 @@ from tinydiff_cli.app import logic
 from tinydiff_cli.cli import GUIDANCE_HELP
 from tinydiff_cli.errors import TinydiffError
 from tinydiff_cli.pipeline import Pipeline
-from tinydiff_cli.samplers import SAMPLERS
+from tinydiff_cli.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
 RUNS = Path(os.environ.get("TINYDIFF_APP_RUNS", "runs"))
 
@@ -34,15 +34,18 @@ def sidebar(entries: list[logic.ModelEntry]):
             st.stop()
         classes = ["unconditional"] + list(pipe.class_names)
         choice = st.selectbox("Class", classes, index=min(4, len(classes) - 1), key="class")
-        names = list(SAMPLERS)
-        sampler = st.radio("Sampler", names, index=names.index("ddim"), format_func=str.upper, horizontal=True,
-                           key="sampler")
-        takes_steps, takes_eta = logic.sampler_controls(sampler)
-        steps = st.slider("Steps", 1, pipe.T, min(50, pipe.T), key="steps") if takes_steps else None
-        eta = st.slider("eta (0: deterministic, 1: DDPM-like noise)", 0.0, 1.0, 0.0, 0.1, key="eta") if takes_eta else 0.0
-        if not takes_steps:
-            st.caption(f"{sampler.upper()} runs all T = {pipe.T} steps.")
-        w = st.slider("Guidance w", 0.0, 8.0, 1.0, 0.5, help=GUIDANCE_HELP, key="w")
+        if pipe.distilled is not None:
+            sampler, steps, eta, w = distilled_controls(pipe)
+        else:
+            names = list(SAMPLERS)
+            sampler = st.radio("Sampler", names, index=names.index(DEFAULT_SAMPLER), format_func=str.upper,
+                               horizontal=True, key="sampler")
+            takes_steps, takes_eta = logic.sampler_controls(sampler)
+            steps = st.slider("Steps", 1, pipe.T, min(DEFAULT_STEPS, pipe.T), key="steps") if takes_steps else None
+            eta = st.slider("eta (0: deterministic, 1: DDPM-like noise)", 0.0, 1.0, 0.0, 0.1, key="eta") if takes_eta else 0.0
+            if not takes_steps:
+                st.caption(f"{sampler.upper()} runs all T = {pipe.T} steps.")
+            w = st.slider("Guidance w", 0.0, 8.0, 1.0, 0.5, help=GUIDANCE_HELP, key="w")
         seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
         st.caption("w: " + GUIDANCE_HELP)
         pressed = st.button("Generate", type="primary", key="generate", use_container_width=True)
@@ -50,6 +53,18 @@ def sidebar(entries: list[logic.ModelEntry]):
     settings = dict(label=label, sampler=sampler, steps=None if steps is None else int(steps), eta=float(eta), w=float(w),
                     seed=int(seed))
     return pipe, entry, settings, pressed
+
+
+def distilled_controls(pipe: Pipeline):
+    """A distilled model samples with its own sampler and steps, at a w inside the range it learned."""
+    d = pipe.distilled
+    st.caption(f"Distilled model: {d.sampler.upper()} in {d.steps} step{'s' if d.steps > 1 else ''}, one network "
+               f"evaluation per step, w in [{d.w_min:g}, {d.w_max:g}].")
+    w = d.w_min
+    if d.w_max > d.w_min:
+        w = st.slider("Guidance w", d.w_min, d.w_max, min(max(1.0, d.w_min), d.w_max), 0.25, help=GUIDANCE_HELP,
+                      key="w_distilled")
+    return d.sampler, d.steps, 0.0, w
 
 
 def generate(pipe: Pipeline, entry: logic.ModelEntry, settings: dict) -> None:

@@ -2,22 +2,23 @@
 expensive part, each with one clear line."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint
 from ..device import pick_device
 from ..errors import TinydiffError
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, resolve_sampling
 from ..samplers import sampler_timesteps
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How to draw: a sampler from the registry, its steps (None: all T), eta (for samplers that take it), the
-    guidance weight w, the seed and the images per forward batch (None: the device's default)."""
+    """How to draw: a sampler from the registry and its steps (both None: the model's default, see
+    pipeline.resolve_sampling; a sampler without steps: all T), eta (for samplers that take it), the guidance weight
+    w, the seed and the images per forward batch (None: the device's default)."""
 
-    sampler: str = "ddpm"
+    sampler: str | None = None
     steps: int | None = None
     eta: float = 0.0
     w: float = 1.0
@@ -28,30 +29,34 @@ class SamplingOptions:
     @classmethod
     def from_flags(cls, *, ddim: int | None, sampler: str | None, steps: int | None, eta: float, w: float, seed: int,
                    batch_size: int | None = None) -> "SamplingOptions":
-        """`--ddim N` is short for `--sampler ddim --steps N`; with neither, DDPM over all T steps."""
+        """`--ddim N` is short for `--sampler ddim --steps N`; with neither, the model's default."""
         if ddim is not None:
             if sampler not in (None, "ddim") or steps is not None:
                 raise TinydiffError("--ddim N is short for --sampler ddim --steps N; give one or the other")
             return cls("ddim", ddim, eta, w, seed, batch_size, "--ddim")
-        return cls(sampler or "ddpm", steps, eta, w, seed, batch_size)
+        return cls(sampler, steps, eta, w, seed, batch_size)
 
     def sample_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.sample."""
         return {"sampler": self.sampler, "steps": self.steps, "eta": self.eta, "w": self.w, "seed": self.seed,
                 "batch_size": self.batch_size}
 
-    def check(self, T: int) -> None:
-        """Every option against the registry and the model's T, before anything is loaded."""
+    def resolve(self, ckpt: Checkpoint) -> "SamplingOptions":
+        """These options with the checkpoint's defaults filled in, each checked against the registry, the model's T
+        and what a distilled model was distilled for, before anything is loaded."""
+        T = ckpt.config.diffusion.timesteps
         if self.steps is not None and not 1 <= self.steps <= T:
             raise TinydiffError(f"{self.steps_flag} must be between 1 and the model's T={T}, got {self.steps}")
+        sampler, steps = resolve_sampling(ckpt.distilled, self.sampler, self.steps, self.w)
         try:
-            sampler_timesteps(self.sampler, T, self.steps)  # an unknown name, or steps the sampler cannot take
+            sampler_timesteps(sampler, T, steps)  # an unknown name, or steps the sampler cannot take
         except ValueError as e:
             raise TinydiffError(str(e)) from None
         if not 0 <= self.eta <= 1:
             raise TinydiffError(f"--eta must be in [0, 1], got {self.eta}")
         if self.batch_size is not None and self.batch_size < 1:
             raise TinydiffError("--n and --batch-size must be at least 1")
+        return replace(self, sampler=sampler, steps=steps)
 
 
 def open_checkpoint(checkpoint: Path | None) -> Checkpoint:

@@ -44,7 +44,7 @@ def sample_for_eval(ckpt: Checkpoint, *, digit: str, n: int, options: SamplingOp
     choice = parse_digit(digit, ckpt.data.num_classes)
     if n < 2:
         raise TinydiffError("--n must be at least 2: FID needs two samples or more")
-    options.check(ckpt.config.diffusion.timesteps)
+    options = options.resolve(ckpt)
     pipe = load_pipeline(ckpt, device)
     labels = pipe.labels(choice, n)
     sampler = pipe.describe_sampler(options.sampler, options.steps)

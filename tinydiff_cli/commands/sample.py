@@ -24,7 +24,7 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
     choice = parse_digit(digit, ckpt.data.num_classes)
     if n < 1:
         raise TinydiffError("--n and --batch-size must be at least 1")
-    options.check(ckpt.config.diffusion.timesteps)
+    options = options.resolve(ckpt)
     check_output(out, npz)
     pipe = load_pipeline(ckpt, device, weights)
     labels = pipe.labels(choice, n)

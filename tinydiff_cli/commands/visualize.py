@@ -47,7 +47,7 @@ def run_denoise(*, checkpoint: Path | None, digit: str, n: int, options: Samplin
         raise TinydiffError("--n and --batch-size must be at least 1")
     if n > 16:
         raise TinydiffError(f"--n must be at most 16 for an animation, got {n}")
-    options.check(ckpt.config.diffusion.timesteps)
+    options = options.resolve(ckpt)
     pipe = load_pipeline(ckpt, device)
     traj = pipe.trajectory(pipe.labels(choice, n), sampler=options.sampler, steps=options.steps, eta=options.eta,
                            w=options.w, seed=options.seed)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import timestep_embedding
+from .unet import GuidanceEmbedding, condition_embedding, timestep_embedding
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -77,10 +77,12 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """DiT denoiser: forward(x_t, t, labels) -> tensor shaped like x_t; labels == num_classes is the null class."""
+    """DiT denoiser: forward(x_t, t, labels) -> tensor shaped like x_t; labels == num_classes is the null class.
+    With guidance_input (a guidance-distilled student), forward(x_t, t, labels, w) also takes the guidance weight."""
 
     def __init__(self, image_size: int = 28, in_channels: int = 1, patch_size: int = 4, hidden_size: int = 128,
-                 depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, num_classes: int = 10, dropout: float = 0.0):
+                 depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, num_classes: int = 10, dropout: float = 0.0,
+                 guidance_input: bool = False):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch size {patch_size} does not divide image size {image_size}")
@@ -92,6 +94,7 @@ class DiT(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(self.time_freq_dim, hidden_size), nn.SiLU(),
                                       nn.Linear(hidden_size, hidden_size))
         self.class_emb = nn.Embedding(num_classes + 1, hidden_size)
+        self.guidance_emb = GuidanceEmbedding(hidden_size) if guidance_input else None
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
@@ -116,6 +119,9 @@ class DiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        if self.guidance_emb is not None:  # see GuidanceEmbedding: the student starts as its teacher
+            nn.init.zeros_(self.guidance_emb.mlp[-1].weight)
+            nn.init.zeros_(self.guidance_emb.mlp[-1].bias)
         for layer in (self.final.adaLN_modulation[-1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -129,10 +135,12 @@ class DiT(nn.Module):
         x = tokens.reshape(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(B, C, g * p, g * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                w: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None:
             labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
         c = self.time_mlp(timestep_embedding(t, self.time_freq_dim)) + self.class_emb(labels)
+        c = condition_embedding(c, self.guidance_emb, w)
         h = self.patchify_tokens(x)
         for block in self.blocks:
             h = block(h, c)

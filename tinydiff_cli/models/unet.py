@@ -28,6 +28,29 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+class GuidanceEmbedding(nn.Module):
+    """The guidance weight w as a network input, for guidance-distilled students (Meng et al. 2023, sec. 4.1, which
+    embeds w like a timestep). The last layer starts at zero, so a student copied from its teacher starts out as the
+    teacher's conditional model, whatever w."""
+
+    def __init__(self, dim: int, freq_dim: int = 64):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), zero_module(nn.Linear(dim, dim)))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(100 * w, self.freq_dim))  # w in [0, ~4] spread like timesteps 0..400
+
+
+def condition_embedding(emb: torch.Tensor, guidance: GuidanceEmbedding | None, w: torch.Tensor | None) -> torch.Tensor:
+    """Add the embedded w to the time + class embedding of a model that takes it (w None means w = 0)."""
+    if guidance is None:
+        return emb
+    if w is None:
+        w = torch.zeros(emb.shape[0], device=emb.device)
+    return emb + guidance(w.to(emb.dtype).expand(emb.shape[0]))
+
+
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
@@ -68,17 +91,20 @@ class UNet(nn.Module):
     """UNet epsilon/x0/v predictor: forward(x_t, t, labels) -> tensor shaped like x_t.
 
     labels: int64 class ids in [0, num_classes]; num_classes itself is the null (unconditional) class.
+    With guidance_input (a guidance-distilled student), forward(x_t, t, labels, w) also takes the guidance weight.
     """
 
     def __init__(self, image_size: int = 28, in_channels: int = 1, base_channels: int = 32,
                  channel_mults=(1, 2, 2), num_res_blocks: int = 1, attn_resolutions=(7,),
-                 num_classes: int = 10, dropout: float = 0.0, groups: int = 8, heads: int = 4):
+                 num_classes: int = 10, dropout: float = 0.0, groups: int = 8, heads: int = 4,
+                 guidance_input: bool = False):
         super().__init__()
         self.num_classes = num_classes
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim)
+        self.guidance_emb = GuidanceEmbedding(emb_dim) if guidance_input else None
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(cin, cout):
@@ -116,10 +142,12 @@ class UNet(nn.Module):
 
         self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, in_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                w: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None:
             labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
         emb = self.time_mlp(timestep_embedding(t, self.base_channels)) + self.class_emb(labels)
+        emb = condition_embedding(emb, self.guidance_emb, w)
         h = self.stem(x)
         skips = [h]
         for layers in self.down:

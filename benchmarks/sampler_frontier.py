@@ -1,0 +1,61 @@
+"""The speed/quality frontier of a checkpoint: FID, class accuracy and seconds per 1,000 images for several samplers
+and distilled students, each through `tinydiff eval` (same seed, same N, same w), one after the other.
+
+    python benchmarks/sampler_frontier.py runs/unet-small --data-dir ../shared/data --n 2000 \
+        --runs "ddim 10" "dpm++2m 6" --distilled runs/unet-small-2step
+
+Run it alone: two torch jobs on a 2-core machine slow each other several times over. Each result is also kept as
+<out>/<name>.json, and a finished one is not run again, so an interrupted frontier can be continued.
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def eval_once(args, name: str, flags: list[str]) -> dict:
+    path = args.out / f"{name}.json"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--n", str(args.n), "--w", str(args.w), "--json",
+               "--data-dir", str(args.data_dir), *flags]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr}")
+        path.write_text(result.stdout)
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--w", type=float, default=1.0)
+    parser.add_argument("--runs", nargs="*", default=["ddim 5", "ddim 10", "ddim 20", "dpm++2m 3", "dpm++2m 5",
+                                                      "dpm++2m 6", "dpm++2m 10"],
+                        help='"SAMPLER STEPS" pairs for the checkpoint')
+    parser.add_argument("--distilled", nargs="*", type=Path, default=[])
+    parser.add_argument("--out", type=Path, default=Path("frontier"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    plans = []
+    for run in args.runs:
+        sampler, steps = run.split()
+        plans.append((f"{sampler}-{steps}", ["--checkpoint", str(args.checkpoint), "--sampler", sampler,
+                                              "--steps", steps]))
+    plans += [(f"distilled-{path.name}", ["--checkpoint", str(path)]) for path in args.distilled]
+
+    print(f"N = {args.n}, w = {args.w:g}, seed 0")
+    print(f"{'sampler':<28} {'FID':>7} {'floor':>6} {'class acc':>9} {'s / 1,000 images':>17}")
+    for name, flags in plans:
+        score = eval_once(args, name, flags)
+        extra = score["extra"]
+        per_1000 = extra["sampling_seconds"] / score["n"] * 1000
+        print(f"{extra['sampler']:<28} {score['fid']:7.2f} {score['fid_real_floor']:6.2f} "
+              f"{score['class_accuracy']:9.2%} {per_1000:17.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Distillation: the targets against their definitions, a stage that learns, the CLI end to end, exact resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tinydiff_cli.checkpoint import load_checkpoint, load_model
+from tinydiff_cli.cli import app
+from tinydiff_cli.distill import (Distiller, DistillSettings, alpha_sigma, ddim_step, grid_with_end, plan_stages,
+                                  student_from_teacher, two_step_target)
+from tinydiff_cli.errors import TinydiffError
+from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.samplers import spaced_timesteps
+from tinydiff_cli.schedules import make_schedule
+
+from test_samplers import exact_gaussian_denoiser
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("T", [50, 1000])
+def test_grids_nest_so_one_student_step_is_two_teacher_steps(T):
+    for n in (n for n in (1, 2, 4, 8, 16, 32) if 2 * n <= T):
+        assert spaced_timesteps(T, 2 * n)[::2] == spaced_timesteps(T, n)
+
+
+def test_two_step_target_makes_one_ddim_step_land_where_two_teacher_steps_do():
+    """Salimans & Ho, Algorithm 2: one DDIM step from x_t with the target x_0 must reach the teacher's two-step
+    point, here with the exact Gaussian denoiser as teacher; for t_next = -1 the target is the teacher's final x_0."""
+    sch = make_schedule("linear", 1000)
+    teacher = exact_gaussian_denoiser(sch, 0.3, 0.5, 6)
+    x_t = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    grid, fine = grid_with_end(1000, 3, "cpu"), grid_with_end(1000, 6, "cpu")
+    i = torch.tensor([0, 1, 2, 0, 1, 2])
+    t, t_mid, t_next = grid[i], fine[2 * i + 1], grid[i + 1]
+    target = two_step_target(teacher, sch, x_t, t, t_mid, t_next)
+    alpha, sigma = alpha_sigma(sch, t)
+    one_step = ddim_step(sch, target, (x_t - alpha * target) / sigma, t_next)
+    x0, eps = teacher(x_t, t)
+    x0, eps = teacher(ddim_step(sch, x0, eps, t_mid), t_mid)
+    torch.testing.assert_close(one_step, ddim_step(sch, x0, eps, t_next), atol=1e-4, rtol=1e-4)
+    last = i == 2
+    torch.testing.assert_close(target[last], x0[last])
+
+
+def test_plan_halves_from_the_teacher_grid_down_to_the_steps():
+    stages = plan_stages(DistillSettings(steps=1, teacher_steps=8))
+    assert [(s.kind, s.steps) for s in stages] == [("guidance", 8), ("halve", 4), ("halve", 2), ("halve", 1)]
+    assert [(s.kind, s.steps) for s in plan_stages(DistillSettings(steps=4, teacher_steps=4))] == [("guidance", 4)]
+    with pytest.raises(TinydiffError, match="power of two"):
+        DistillSettings(steps=3, teacher_steps=8).validate()
+
+
+def test_the_student_starts_as_its_teachers_conditional_model(tiny_run):
+    run_dir, _ = tiny_run
+    ckpt = load_checkpoint(run_dir)
+    teacher = load_model(ckpt)
+    student, cfg = student_from_teacher(teacher, ckpt.config, ckpt.data)
+    assert cfg.model.guidance_input and cfg.diffusion.objective == "v"
+    g = torch.Generator().manual_seed(0)
+    x, t, labels = torch.randn(4, 1, 28, 28, generator=g), torch.tensor([3, 10, 30, 49]), torch.tensor([0, 3, 7, 10])
+    with torch.no_grad():
+        for w in (0.0, 1.5):
+            torch.testing.assert_close(student(x, t, labels, torch.full((4,), w)), teacher(x, t, labels))
+
+
+def tiny_settings(**overrides) -> DistillSettings:
+    values = dict(steps=2, teacher_steps=4, batch_size=16, lr=1e-3, stage_iterations=6, max_minutes=None,
+                  log_every=2, checkpoint_every=100)
+    return DistillSettings(**{**values, **overrides})
+
+
+def mean_loss(distiller: Distiller, seed: int = 123, batches: int = 6) -> float:
+    distiller.generator.manual_seed(seed)
+    with torch.no_grad():
+        return sum(distiller.loss(*distiller.batch()).item() for _ in range(batches)) / batches
+
+
+def test_a_halving_stage_learns_to_match_two_teacher_steps(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    d = Distiller(load_checkpoint(run_dir), tiny_settings(), tmp_path / "d", "cpu")
+    for _ in range(5):
+        d.train_step(1e-3)
+    d.finish_stage("test")
+    assert (d.stage.kind, d.stage.steps) == ("halve", 2)
+    before = mean_loss(d)
+    d.generator.manual_seed(0)
+    for _ in range(80):
+        d.train_step(1e-3)
+    after = mean_loss(d)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_guidance_stage_learns_the_guided_teacher(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    d = Distiller(load_checkpoint(run_dir), tiny_settings(), tmp_path / "d", "cpu")
+    before = mean_loss(d)
+    d.generator.manual_seed(0)
+    for _ in range(80):
+        d.train_step(1e-3)
+    assert mean_loss(d) < 0.7 * before
+
+
+class StopAt:
+    """A reporter that asks the distiller to stop at a given (stage, iteration), as Ctrl-C would."""
+
+    def __init__(self, stage: int, step: int):
+        self.stage, self.step, self.distiller = stage, step, None
+
+    def start(self, total, step, description=""):
+        pass
+
+    def update(self, step, metrics):
+        if self.distiller.stage_index == self.stage and step == self.step:
+            self.distiller.request_stop()
+
+    def log(self, message):
+        pass
+
+    def finish(self):
+        pass
+
+
+def test_an_interrupted_distillation_resumes_exactly(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    teacher = load_checkpoint(run_dir)
+    whole = Distiller(teacher, tiny_settings(), tmp_path / "whole", "cpu", reporter=StopAt(-1, -1))
+    whole.reporter.distiller = whole
+    assert whole.run().stop_reason == "done"
+
+    first = Distiller(teacher, tiny_settings(), tmp_path / "cut", "cpu", reporter=StopAt(1, 3))
+    first.reporter.distiller = first
+    assert first.run().stop_reason == "interrupted"
+    saved = load_checkpoint(tmp_path / "cut")
+    assert saved.meta["distill"]["stage"] == 1 and saved.meta["distill"]["stage_step"] == 3
+    assert not saved.meta["distill"]["complete"]
+
+    second = Distiller(teacher, tiny_settings(), tmp_path / "cut", "cpu", reporter=StopAt(-1, -1))
+    second.reporter.distiller = second
+    second.load_state(saved)
+    assert second.run().stop_reason == "done"
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "cut")
+    assert a.meta["distill"]["complete"] and b.meta["distill"]["complete"]
+    for key, value in a.tensors("ema").items():
+        torch.testing.assert_close(b.tensors("ema")[key], value, msg=key)
+
+
+def test_distill_then_sample_and_export_end_to_end(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    out = tmp_path / "tiny-1step"
+    result = runner.invoke(app, ["distill", "--checkpoint", str(run_dir), "--steps", "1", "--teacher-steps", "2",
+                                 "--stage-iterations", "4", "--batch-size", "8", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "stage 2/2" in result.output and "distillation finished" in result.output
+    meta = json.loads((out / "last.json").read_text())
+    assert meta["distilled"]["steps"] == 1 and meta["distilled"]["w_max"] == 2.0
+    assert (out / "stage1.json").exists() and (out / "samples" / "stage2_ddim1.png").exists()
+
+    pipe = Pipeline.from_checkpoint(out)
+    assert pipe.takes_w and pipe.describe_sampler() == "distilled DDIM-1"
+
+    result = runner.invoke(app, ["sample", "--checkpoint", str(out), "--n", "4", "--out", str(tmp_path / "s.png"),
+                                 "--device", "cpu", "--w", "1"])
+    assert result.exit_code == 0, result.output
+    assert "distilled DDIM-1" in result.output and (tmp_path / "s.png").exists()
+    for flags, message in ((["--steps", "3"], "distilled to sample with ddim in 1 steps"),
+                           (["--sampler", "dpm++2m"], "distilled to sample with ddim"),
+                           (["--w", "3"], "w in [0, 2]")):
+        result = runner.invoke(app, ["sample", "--checkpoint", str(out), "--n", "2", "--device", "cpu",
+                                     "--out", str(tmp_path / "x.png"), *flags])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+    exported = tmp_path / "student.safetensors"
+    result = runner.invoke(app, ["export", "--checkpoint", str(out), "--out", str(exported)])
+    assert result.exit_code == 0, result.output
+    again = Pipeline.from_checkpoint(exported)
+    assert again.distilled == pipe.distilled and again.takes_w
+    labels = pipe.labels("all", 3)
+    torch.testing.assert_close(again.sample(labels, w=1.0), pipe.sample(labels, w=1.0))
+    result = runner.invoke(app, ["export", "--checkpoint", str(out), "--format", "pt2", "--out", str(tmp_path / "s.pt2")])
+    assert result.exit_code == 0, result.output
+
+    result = runner.invoke(app, ["compare", "--checkpoint", str(run_dir), "--samplers", "ddim", "--steps", "2",
+                                 "--distilled", str(out), "--n", "4", "--no-eval", "--json", "--device", "cpu",
+                                 "--out", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout[result.stdout.index("{"):])["samplers"]
+    assert [(r["sampler"], r["network_evaluations"]) for r in rows] == [("DDPM-50", 100), ("DDIM-2", 4),
+                                                                         ("distilled DDIM-1", 1)]
+
+
+def test_distill_refuses_what_it_cannot_do(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    result = runner.invoke(app, ["distill", "--checkpoint", str(run_dir), "--steps", "3", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "power of two" in result.output
+    result = runner.invoke(app, ["distill", "--resume", str(run_dir)])
+    assert result.exit_code == 2 and "not a distillation in progress" in result.output

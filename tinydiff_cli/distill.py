@@ -1,0 +1,383 @@
+"""Distillation to a few sampling steps, the engine of `tinydiff distill`.
+
+    distiller = Distiller(load_checkpoint("runs/unet-small"), DistillSettings(steps=2), "runs/unet-small-2step", "cpu")
+    distiller.run()   # runs/unet-small-2step/last.json: a checkpoint that samples in 2 steps, w in its range
+
+Stage 1, guidance distillation (Meng et al. 2023, "On Distillation of Guided Diffusion Models", sec. 4.1, stage
+one): a student that takes the guidance weight w as an input learns to give in one forward what its teacher gives with
+classifier-free guidance in two, for w drawn uniformly from [w_min, w_max].
+Then progressive distillation (Salimans & Ho 2022, Algorithm 2): a student for N DDIM steps learns to reach in one
+step where its teacher gets in two; each stage halves N and its student becomes the next stage's teacher.
+
+Choices for a CPU budget, and why:
+- The students predict v (Salimans & Ho sec. 4). An eps-student cannot take one big step: its x_0 is
+  (x_t - sigma eps) / alpha, which divides by alpha ~ 0.006 at t = T - 1 of the linear schedule. Stage 1 moves the
+  teacher's parameterization to v as it moves w into the network.
+- Each stage trains only at the timesteps its student will sample at (stage 1 at the first teacher's grid): nothing
+  else is ever asked of it.
+- The grids nest, spaced_timesteps(T, 2N)[2i] == spaced_timesteps(T, N)[i] (both are round(T - i T / N) - 1), so a
+  student step from grid point i to i + 1 is exactly two teacher steps.
+- The loss is the MSE of v, i.e. the x_0 error weighted by SNR + 1 (Salimans & Ho sec. 4, "SNR+1" weighting).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .checkpoint import Checkpoint, DataInfo, DistillInfo, load_checkpoint, load_model, save_checkpoint
+from .config import Config, config_from_dict, config_to_dict
+from .data import load_split, to_model_range
+from .ema import EMA
+from .errors import TinydiffError
+from .guidance import Denoiser, guided_denoiser
+from .images import save_grid
+from .models import build_model
+from .parameterization import Parameterization, at_t, q_sample
+from .pipeline import Pipeline, make_generator
+from .samplers import spaced_timesteps
+from .schedules import Schedule
+from .train_log import LossWindow, PrintReporter
+from .training import stop_on_signals
+
+STUDENT_OBJECTIVE = "v"
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """What `tinydiff distill` is asked for; stored in the checkpoint, so a resumed distillation keeps them."""
+
+    steps: int = 2  # the final student's sampling steps
+    teacher_steps: int = 8  # the DDIM grid that stage 1 distils and the first halving starts from
+    w_min: float = 0.0
+    w_max: float = 2.0
+    max_minutes: float | None = 20.0  # for the whole distillation, split evenly over its stages
+    stage_iterations: int = 2000  # optimizer steps per stage at most
+    batch_size: int = 64
+    lr: float = 5e-4  # peak; warm-up and cosine decay within each stage
+    ema_decay: float = 0.995
+    p_uncond: float = 0.1  # the share of rows with the null label, so the student also samples unconditionally
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+
+    def validate(self) -> "DistillSettings":
+        halvings = math.log2(self.teacher_steps / self.steps) if self.steps >= 1 and self.teacher_steps >= 1 else -1
+        if halvings < 0 or halvings != int(halvings):
+            raise TinydiffError(f"--teacher-steps ({self.teacher_steps}) must be --steps ({self.steps}) times a power "
+                                f"of two, such as 8 for --steps 1, 2 or 4")
+        if not 0 <= self.w_min <= self.w_max:
+            raise TinydiffError(f"the w range must satisfy 0 <= w_min <= w_max, got [{self.w_min}, {self.w_max}]")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise TinydiffError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if min(self.stage_iterations, self.batch_size, self.log_every, self.checkpoint_every) < 1:
+            raise TinydiffError("--stage-iterations and --batch-size must be at least 1")
+        return self
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str  # "guidance" (stage 1) or "halve"
+    steps: int  # the student's sampling steps at the end of this stage
+
+    def describe(self) -> str:
+        if self.kind == "guidance":
+            return f"guidance into the network, DDIM-{self.steps}"
+        return f"halve DDIM-{2 * self.steps} -> DDIM-{self.steps}"
+
+
+def plan_stages(settings: DistillSettings) -> list[Stage]:
+    """Guidance distillation at teacher_steps, then one halving per factor of two down to steps."""
+    stages, n = [Stage("guidance", settings.teacher_steps)], settings.teacher_steps
+    while n > settings.steps:
+        n //= 2
+        stages.append(Stage("halve", n))
+    return stages
+
+
+# ---- the targets, as plain functions over tensors --------------------------------------------------------
+def grid_with_end(T: int, steps: int, device) -> torch.Tensor:
+    """The DDIM grid of `steps` steps followed by -1, which stands for the clean image (alpha = 1, sigma = 0)."""
+    return torch.tensor(spaced_timesteps(T, steps) + [-1], device=device)
+
+
+def alpha_sigma(schedule: Schedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(alpha_bar) and sqrt(1 - alpha_bar) at t, shaped for broadcasting; t = -1 is the clean image."""
+    clean = (t < 0).view(-1, 1, 1, 1)
+    safe = t.clamp(min=0)
+    alpha = torch.where(clean, 1.0, at_t(schedule.sqrt_alpha_bar, safe))
+    return alpha, torch.where(clean, 0.0, at_t(schedule.sqrt_one_minus_alpha_bar, safe))
+
+
+def ddim_step(schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0) to t_next, one per row."""
+    alpha, sigma = alpha_sigma(schedule, t_next)
+    return alpha * x0 + sigma * eps
+
+
+def two_step_target(teacher: Denoiser, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor,
+                    t_next: torch.Tensor) -> torch.Tensor:
+    """Salimans & Ho 2022, Algorithm 2: two teacher DDIM steps t -> t_mid -> t_next, then the x_0 for which one
+    DDIM step t -> t_next lands on the same point:
+        x~ = (x_next - (sigma_next / sigma_t) x_t) / (alpha_next - (sigma_next / sigma_t) alpha_t).
+    At t_next = -1 (sigma = 0) that is the teacher's final x_0 itself."""
+    x0, eps = teacher(x_t, t)
+    x_mid = ddim_step(schedule, x0, eps, t_mid)
+    x0, eps = teacher(x_mid, t_mid)
+    x_next = ddim_step(schedule, x0, eps, t_next)
+    alpha, sigma = alpha_sigma(schedule, t)
+    alpha_next, sigma_next = alpha_sigma(schedule, t_next)
+    ratio = sigma_next / sigma
+    return (x_next - ratio * x_t) / (alpha_next - ratio * alpha)
+
+
+def output_target(parameterization: Parameterization, schedule: Schedule, x_t, t, x0: torch.Tensor) -> torch.Tensor:
+    """What a network of `parameterization` must output at (x_t, t) for its x_0 to be `x0` (eps follows from x_t)."""
+    alpha, sigma = alpha_sigma(schedule, t)
+    return parameterization.target(schedule, x0, (x_t - alpha * x0) / sigma, t)
+
+
+def student_from_teacher(teacher: torch.nn.Module, teacher_config: Config, data: DataInfo) -> tuple[torch.nn.Module, Config]:
+    """The stage-1 student: the teacher's backbone with a guidance input, predicting v, starting from the teacher's
+    weights (the new input's last layer is zero, so it starts as the teacher's conditional model)."""
+    cfg = config_from_dict(config_to_dict(teacher_config))
+    cfg.model.guidance_input, cfg.diffusion.objective = True, STUDENT_OBJECTIVE
+    student = build_model(cfg.model, data.image_size, data.channels, data.num_classes)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("guidance_emb.") for key in missing):
+        raise TinydiffError("the teacher's weights do not fit its own backbone with a guidance input")
+    return student.to(next(teacher.parameters()).device), cfg
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class DistillResult:
+    stage: int  # stages completed
+    stop_reason: str
+    checkpoint: Path
+    loss: float | None
+    elapsed_s: float
+
+
+class Distiller:
+    """Holds the data (in memory), the current stage's teacher, student, EMA copy and optimizer, and the RNG stream;
+    `run` goes through the stages, saving `last` (resumable) as it goes and `stage<k>` at the end of each."""
+
+    def __init__(self, teacher: Checkpoint, settings: DistillSettings, out_dir: str | Path, device, *,
+                 data_dir: str | None = None, reporter=None):
+        self.settings, self.out_dir, self.device = settings.validate(), Path(out_dir), torch.device(device)
+        self.reporter = reporter or PrintReporter()
+        self.teacher_checkpoint = teacher
+        if settings.teacher_steps > teacher.config.diffusion.timesteps:
+            raise TinydiffError(f"--teacher-steps {settings.teacher_steps} exceeds the model's T = "
+                                f"{teacher.config.diffusion.timesteps}")
+        self.data = teacher.data
+        self.data_dir = data_dir if data_dir is not None else teacher.config.data.data_dir
+        self.images = load_split(teacher.config.data.dataset, self.data_dir, train=True).to(self.device)
+        self.stages = plan_stages(settings)
+        self.stage_index, self.stage_step, self.stage_elapsed = 0, 0, [0.0] * len(self.stages)
+        self.generator = make_generator(settings.seed, self.device)
+        self.last_loss: float | None = None
+        self.stop_requested = False
+        self.begin_stage(load_model(teacher, self.device, "ema"), teacher.config)
+
+    # ---- stages --------------------------------------------------------------------------------------
+    def begin_stage(self, teacher_model: torch.nn.Module, teacher_config: Config) -> None:
+        """The stage's teacher (frozen), and its student starting from the teacher's weights."""
+        if self.stage_index == 0:
+            with torch.random.fork_rng(devices=[]):  # the new w layers' initial weights follow the seed alone
+                torch.manual_seed(self.settings.seed)
+                student, self.config = student_from_teacher(teacher_model, teacher_config, self.data)
+        else:
+            student, self.config = copy.deepcopy(teacher_model), teacher_config
+        self.teacher = Pipeline.from_model(teacher_model.eval().requires_grad_(False), teacher_config, self.data)
+        self.student = student.train().requires_grad_(True)
+        self.ema = EMA(self.student, self.settings.ema_decay, warmup=10)
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.settings.lr, weight_decay=0.0)
+        self.pipeline = Pipeline.from_model(self.ema.ema_model, self.config, self.data)  # the student, for samples
+        stage = self.stages[self.stage_index]
+        self.grid = grid_with_end(self.teacher.T, stage.steps, self.device)
+        self.teacher_grid = grid_with_end(self.teacher.T, 2 * stage.steps, self.device)
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.stage_index]
+
+    def stage_budget_s(self) -> float | None:
+        m = self.settings.max_minutes
+        return None if m is None else 60 * m / len(self.stages)
+
+    def stop_reason(self, stage_elapsed_s: float) -> str:
+        if self.stop_requested:
+            return "interrupted"
+        if self.stage_step >= self.settings.stage_iterations:
+            return f"{self.settings.stage_iterations} iterations"
+        budget = self.stage_budget_s()
+        if budget is not None and stage_elapsed_s >= budget:
+            return f"its share of the time ({budget / 60:.1f} of {self.settings.max_minutes:g} min)"
+        return ""
+
+    # ---- one step ------------------------------------------------------------------------------------
+    def batch(self):
+        """Training images with noise at the stage's grid points, labels (some dropped to the null class), w."""
+        s, g, n = self.settings, self.generator, self.settings.batch_size
+        idx = torch.randint(0, len(self.images), (n,), device=self.device, generator=g)
+        x0, labels = to_model_range(self.images.images[idx]), self.images.labels[idx]
+        drop = torch.rand(n, device=self.device, generator=g) < s.p_uncond
+        labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
+        i = torch.randint(0, self.stage.steps, (n,), device=self.device, generator=g)
+        t = self.grid[i]
+        x_t = q_sample(self.teacher.schedule, x0, t, torch.randn(x0.shape, device=self.device, generator=g))
+        w = s.w_min + (s.w_max - s.w_min) * torch.rand(n, device=self.device, generator=g)
+        return x_t, t, i, labels, w
+
+    def loss(self, x_t, t, i, labels, w) -> torch.Tensor:
+        """MSE between the student's v and the v of the stage's target x_0."""
+        schedule = self.teacher.schedule
+        with torch.no_grad():
+            teacher = guided_denoiser(self.teacher.model, schedule, self.teacher.parameterization, labels,
+                                      null_class=self.data.num_classes, w=w)
+            if self.stage.kind == "guidance":
+                x0_target = teacher(x_t, t)[0]
+            else:
+                x0_target = two_step_target(teacher, schedule, x_t, t, self.teacher_grid[2 * i + 1], self.grid[i + 1])
+            target = output_target(self.pipeline.parameterization, schedule, x_t, t, x0_target)
+        return F.mse_loss(self.student(x_t, t, labels, w), target)
+
+    def lr_at(self, stage_elapsed_s: float) -> float:
+        """Warm-up over 20 iterations, then cosine decay to 0 over the stage (by iterations or by its time share,
+        whichever runs out first), so each stage's student settles before it becomes the next teacher."""
+        progress = self.stage_step / self.settings.stage_iterations
+        budget = self.stage_budget_s()
+        if budget is not None:
+            progress = max(progress, stage_elapsed_s / budget)
+        warm = min(1.0, (self.stage_step + 1) / 20)
+        return self.settings.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def train_step(self, lr: float) -> torch.Tensor:
+        loss = self.loss(*self.batch())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.stage_step += 1
+        self.ema.update(self.student, self.stage_step)
+        return loss.detach()
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    # ---- the run -------------------------------------------------------------------------------------
+    def run(self) -> DistillResult:
+        s = self.settings
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        start_stage = self.stage_index
+        with stop_on_signals(self):
+            while self.stage_index < len(self.stages):
+                k, stage = self.stage_index, self.stage
+                self.reporter.log(f"stage {k + 1}/{len(self.stages)}: {stage.describe()}")
+                self.reporter.start(s.stage_iterations, self.stage_step, description=f"stage {k + 1}")
+                window, session_start, before = LossWindow(self.device), time.perf_counter(), self.stage_elapsed[k]
+                elapsed = lambda: before + time.perf_counter() - session_start  # noqa: E731
+                while not (reason := self.stop_reason(elapsed())):
+                    lr = self.lr_at(elapsed())
+                    window.add(self.train_step(lr), s.batch_size)
+                    metrics = None
+                    if self.stage_step % s.log_every == 0:
+                        self.last_loss, images_per_s = window.close()
+                        metrics = {"loss": self.last_loss, "lr": lr, "images_per_s": images_per_s,
+                                   "eta_s": self.seconds_left(elapsed(), images_per_s)}
+                    self.reporter.update(self.stage_step, metrics)
+                    if self.stage_step % s.checkpoint_every == 0:
+                        with window.paused():
+                            self.stage_elapsed[k] = elapsed()
+                            self.save("last")
+                self.stage_elapsed[k] = elapsed()
+                self.reporter.finish()
+                if reason == "interrupted":
+                    self.save("last")
+                    return DistillResult(k, reason, self.out_dir / "last.json", self.last_loss, sum(self.stage_elapsed))
+                self.finish_stage(reason)
+        if self.stage_index == start_stage == len(self.stages):
+            self.reporter.log("nothing to distil: every stage is done")
+        return DistillResult(len(self.stages), "done", self.out_dir / "last.json", self.last_loss, sum(self.stage_elapsed))
+
+    def finish_stage(self, reason: str) -> None:
+        """Keep the stage's student (EMA) as stage<k>, preview it, and make it the next stage's teacher."""
+        k, stage = self.stage_index, self.stage
+        self.save(f"stage{k + 1}", final=True)
+        preview = self.preview(self.out_dir / "samples" / f"stage{k + 1}_ddim{stage.steps}.png")
+        self.reporter.log(f"stage {k + 1} done after {self.stage_step} iterations ({reason}), loss "
+                          f"{self.last_loss if self.last_loss is None else round(self.last_loss, 5)}; samples {preview}")
+        self.stage_index, self.stage_step = k + 1, 0
+        if self.stage_index < len(self.stages):
+            self.begin_stage(copy.deepcopy(self.ema.ema_model), self.config)
+        self.save("last")
+
+    def preview(self, path: Path) -> Path:
+        w = min(max(1.0, self.settings.w_min), self.settings.w_max)
+        labels = self.pipeline.labels("all", 4 * self.data.num_classes)
+        images = self.pipeline.sample(labels, sampler="ddim", steps=self.stage.steps, w=w, seed=self.settings.seed)
+        return save_grid(images, path, ncols=self.data.num_classes)
+
+    def seconds_left(self, stage_elapsed_s: float, images_per_s: float) -> float:
+        left = (self.settings.stage_iterations - self.stage_step) * self.settings.batch_size / max(images_per_s, 1e-9)
+        budget = self.stage_budget_s()
+        return left if budget is None else min(left, max(0.0, budget - stage_elapsed_s))
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def save(self, name: str, final: bool = False) -> Path:
+        """`last`: the resumable state (student, EMA, optimizer, RNG). `stage<k>` (final): the stage's student alone.
+        Both load as a distilled model that samples with its stage's steps."""
+        done = self.stage_index + (1 if final else 0)
+        steps = self.stages[min(done, len(self.stages)) - 1].steps if done else self.stage.steps
+        progress = {"stage": self.stage_index, "stage_step": self.stage_step, "stage_elapsed_s": self.stage_elapsed,
+                    "complete": done == len(self.stages) or self.stage_index == len(self.stages),
+                    "settings": dataclasses.asdict(self.settings), "data_dir": self.data_dir,
+                    "stages": [dataclasses.asdict(st) for st in self.stages]}
+        distilled = DistillInfo("ddim", steps, self.settings.w_min, self.settings.w_max,
+                                str(self.teacher_checkpoint.json_path))
+        tensors = {f"ema.{k}": v for k, v in self.ema.ema_model.state_dict().items()}
+        if not final and self.stage_index < len(self.stages):
+            tensors.update({f"model.{k}": v for k, v in self.student.state_dict().items()})
+            for index, state in self.optimizer.state_dict()["state"].items():
+                tensors.update({f"optim.{index}.{key}": torch.as_tensor(v) for key, v in state.items()})
+            tensors["rng.distill"] = self.generator.get_state()
+        extra = {"tinydiff_version": __version__, "elapsed_s": sum(self.stage_elapsed), "data": self.data.to_meta(),
+                 "train_loss": self.last_loss, "distilled": distilled.to_meta(), "distill": progress}
+        return save_checkpoint(self.out_dir, name, config=self.config, step=self.stage_step, tensors=tensors, extra=extra)
+
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Continue an interrupted distillation from its `last`: the stage, its teacher (the previous stage's
+        student), the student, EMA, optimizer and RNG stream."""
+        progress = ckpt.meta["distill"]
+        self.stage_index, self.stage_step = int(progress["stage"]), int(progress["stage_step"])
+        self.stage_elapsed = [float(x) for x in progress["stage_elapsed_s"]]
+        self.last_loss = ckpt.meta.get("train_loss")
+        if self.stage_index >= len(self.stages):
+            return
+        if self.stage_index > 0:
+            previous = load_checkpoint(ckpt.json_path.parent / f"stage{self.stage_index}.json")
+            self.begin_stage(load_model(previous, self.device, "ema"), previous.config)
+        self.student.load_state_dict(ckpt.tensors("model", self.device))
+        self.ema.ema_model.load_state_dict(ckpt.tensors("ema", self.device))
+        state: dict[int, dict] = {}
+        for key, value in ckpt.tensors("optim", self.device).items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value if name != "step" else value.cpu()
+        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+        self.generator.set_state(ckpt.tensors("rng")["distill"])
+
+
+def settings_of(ckpt: Checkpoint) -> DistillSettings:
+    """The settings a distillation was started with (from its `last`)."""
+    return DistillSettings(**ckpt.meta["distill"]["settings"])
