@@ -45,7 +45,7 @@ def main() -> None:
         sampler, steps = run.split()
         plans.append((f"{sampler}-{steps}", ["--checkpoint", str(args.checkpoint), "--sampler", sampler,
                                               "--steps", steps]))
-    plans += [(f"distilled-{path.name}", ["--checkpoint", str(path)]) for path in args.distilled]
+    plans += [(f"distilled-{path.stem}", ["--checkpoint", str(path)]) for path in args.distilled]
 
     print(f"N = {args.n}, w = {args.w:g}, seed 0")
     print(f"{'sampler':<28} {'FID':>7} {'floor':>6} {'class acc':>9} {'s / 1,000 images':>17}")

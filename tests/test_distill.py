@@ -156,7 +156,7 @@ def test_distill_then_sample_and_export_end_to_end(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "stage 2/2" in result.output and "distillation finished" in result.output
     meta = json.loads((out / "last.json").read_text())
-    assert meta["distilled"]["steps"] == 1 and meta["distilled"]["w_max"] == 2.0
+    assert meta["distilled"]["steps"] == 1 and meta["distilled"]["w_max"] == 2.0 and meta["step"] == 8
     assert (out / "stage1.json").exists() and (out / "samples" / "stage2_ddim1.png").exists()
 
     pipe = Pipeline.from_checkpoint(out)
@@ -166,8 +166,9 @@ def test_distill_then_sample_and_export_end_to_end(tiny_run, tmp_path):
                                  "--device", "cpu", "--w", "1"])
     assert result.exit_code == 0, result.output
     assert "distilled DDIM-1" in result.output and (tmp_path / "s.png").exists()
-    for flags, message in ((["--steps", "3"], "distilled to sample with ddim in 1 steps"),
-                           (["--sampler", "dpm++2m"], "distilled to sample with ddim"),
+    for flags, message in ((["--steps", "3"], "distilled to sample with deterministic ddim in 1 step;"),
+                           (["--sampler", "dpm++2m"], "distilled to sample with deterministic ddim"),
+                           (["--eta", "1"], "distilled to sample with deterministic ddim"),
                            (["--w", "3"], "w in [0, 2]")):
         result = runner.invoke(app, ["sample", "--checkpoint", str(out), "--n", "2", "--device", "cpu",
                                      "--out", str(tmp_path / "x.png"), *flags])
@@ -190,6 +191,13 @@ def test_distill_then_sample_and_export_end_to_end(tiny_run, tmp_path):
     rows = json.loads(result.stdout[result.stdout.index("{"):])["samplers"]
     assert [(r["sampler"], r["network_evaluations"]) for r in rows] == [("DDPM-50", 100), ("DDIM-2", 4),
                                                                          ("distilled DDIM-1", 1)]
+
+    for command, message in ((["compare", "--checkpoint", str(out), "--no-eval"], "pass its teacher as --checkpoint"),
+                             (["train", "--resume", str(out)], "tinydiff distill --resume"),
+                             (["distill", "--resume", str(out)], "is a finished distillation"),
+                             (["distill", "--resume", str(out / "stage1.json")], "not a resumable state")):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and message in result.output, (command, result.output)
 
 
 def test_distill_refuses_what_it_cannot_do(tiny_run, tmp_path):

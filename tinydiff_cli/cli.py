@@ -282,7 +282,7 @@ def distill(
     checkpoint: CheckpointOption = None,
     steps: Annotated[int, typer.Option(help="Sampling steps of the distilled model: 1, 2 or 4.")] = 2,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the distilled model. \\[default: runs/<run>-<steps>step]")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget for all stages, split evenly. \\[default: 20]")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget for all stages, split evenly; 0: no time limit (stages end after --stage-iterations). \\[default: 20]")] = None,
     teacher_steps: Annotated[int, typer.Option(help="DDIM steps of the teacher grid the halving starts from (--steps times a power of 2).")] = 8,
     w_max: Annotated[float, typer.Option(help="Largest guidance weight the student learns (it learns w in [0, w_max]).")] = 2.0,
     stage_iterations: Annotated[int, typer.Option(help="Optimizer steps per stage at most.")] = 2000,
@@ -299,7 +299,8 @@ def distill(
 
     settings = DistillSettings(steps=steps, teacher_steps=teacher_steps, w_max=w_max, stage_iterations=stage_iterations,
                                batch_size=batch_size, lr=lr, seed=seed,
-                               max_minutes=20.0 if max_minutes is None and resume is None else max_minutes)
+                               # a new run: 20 by default, 0 for none; a resume: the stored budget unless given
+                               max_minutes=(20.0 if max_minutes is None else max_minutes or None) if resume is None else max_minutes)
     code = run_distill(checkpoint=checkpoint, settings=settings, out=out, data_dir=str(data_dir) if data_dir else None,
                        device=device, resume=resume)
     raise typer.Exit(code)

@@ -69,16 +69,20 @@ class DistillSettings:
     checkpoint_every: int = 100
 
     def validate(self) -> "DistillSettings":
-        halvings = math.log2(self.teacher_steps / self.steps) if self.steps >= 1 and self.teacher_steps >= 1 else -1
+        if self.steps < 1:
+            raise TinydiffError(f"--steps must be 1 or more (1, 2 and 4 are the usual), got {self.steps}")
+        halvings = math.log2(self.teacher_steps / self.steps) if self.teacher_steps >= 1 else -1
         if halvings < 0 or halvings != int(halvings):
             raise TinydiffError(f"--teacher-steps ({self.teacher_steps}) must be --steps ({self.steps}) times a power "
                                 f"of two, such as 8 for --steps 1, 2 or 4")
         if not 0 <= self.w_min <= self.w_max:
-            raise TinydiffError(f"the w range must satisfy 0 <= w_min <= w_max, got [{self.w_min}, {self.w_max}]")
+            raise TinydiffError(f"--w-max must be at least 0 (and w_min), got [{self.w_min}, {self.w_max}]")
         if self.max_minutes is not None and self.max_minutes <= 0:
-            raise TinydiffError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if min(self.stage_iterations, self.batch_size, self.log_every, self.checkpoint_every) < 1:
-            raise TinydiffError("--stage-iterations and --batch-size must be at least 1")
+            raise TinydiffError(f"--max-minutes must be positive (0 on the command line: no time limit), got {self.max_minutes}")
+        for name, value in (("--stage-iterations", self.stage_iterations), ("--batch-size", self.batch_size),
+                            ("log_every", self.log_every), ("checkpoint_every", self.checkpoint_every)):
+            if value < 1:
+                raise TinydiffError(f"{name} must be at least 1, got {value}")
         return self
 
 
@@ -183,6 +187,8 @@ class Distiller:
         self.images = load_split(teacher.config.data.dataset, self.data_dir, train=True).to(self.device)
         self.stages = plan_stages(settings)
         self.stage_index, self.stage_step, self.stage_elapsed = 0, 0, [0.0] * len(self.stages)
+        self.total_step = 0  # iterations over all stages: the checkpoints' step
+        torch.manual_seed(settings.seed)  # dropout, in backbones that have it, draws from the global stream
         self.generator = make_generator(settings.seed, self.device)
         self.last_loss: float | None = None
         self.stop_requested = False
@@ -204,7 +210,8 @@ class Distiller:
         self.pipeline = Pipeline.from_model(self.ema.ema_model, self.config, self.data)  # the student, for samples
         stage = self.stages[self.stage_index]
         self.grid = grid_with_end(self.teacher.T, stage.steps, self.device)
-        self.teacher_grid = grid_with_end(self.teacher.T, 2 * stage.steps, self.device)
+        if stage.kind == "halve":  # the teacher's grid, twice as fine (the guidance stage has no teacher steps)
+            self.teacher_grid = grid_with_end(self.teacher.T, 2 * stage.steps, self.device)
 
     @property
     def stage(self) -> Stage:
@@ -270,6 +277,7 @@ class Distiller:
             group["lr"] = lr
         self.optimizer.step()
         self.stage_step += 1
+        self.total_step += 1
         self.ema.update(self.student, self.stage_step)
         return loss.detach()
 
@@ -337,30 +345,35 @@ class Distiller:
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save(self, name: str, final: bool = False) -> Path:
         """`last`: the resumable state (student, EMA, optimizer, RNG). `stage<k>` (final): the stage's student alone.
-        Both load as a distilled model that samples with its stage's steps."""
-        done = self.stage_index + (1 if final else 0)
-        steps = self.stages[min(done, len(self.stages)) - 1].steps if done else self.stage.steps
-        progress = {"stage": self.stage_index, "stage_step": self.stage_step, "stage_elapsed_s": self.stage_elapsed,
-                    "complete": done == len(self.stages) or self.stage_index == len(self.stages),
-                    "settings": dataclasses.asdict(self.settings), "data_dir": self.data_dir,
+        Both load as a distilled model that samples with the steps of the stage they come from."""
+        resumable = not final and self.stage_index < len(self.stages)
+        progress = {"stage": self.stage_index, "stage_step": self.stage_step, "total_step": self.total_step,
+                    "stage_elapsed_s": self.stage_elapsed, "complete": self.stage_index == len(self.stages),
+                    "resumable": resumable, "settings": dataclasses.asdict(self.settings), "data_dir": self.data_dir,
                     "stages": [dataclasses.asdict(st) for st in self.stages]}
+        steps = self.stages[min(self.stage_index, len(self.stages) - 1)].steps
         distilled = DistillInfo("ddim", steps, self.settings.w_min, self.settings.w_max,
-                                str(self.teacher_checkpoint.json_path))
+                                str(self.teacher_checkpoint.json_path.resolve()))
         tensors = {f"ema.{k}": v for k, v in self.ema.ema_model.state_dict().items()}
-        if not final and self.stage_index < len(self.stages):
+        if resumable:
             tensors.update({f"model.{k}": v for k, v in self.student.state_dict().items()})
             for index, state in self.optimizer.state_dict()["state"].items():
                 tensors.update({f"optim.{index}.{key}": torch.as_tensor(v) for key, v in state.items()})
             tensors["rng.distill"] = self.generator.get_state()
+            tensors["rng.torch"] = torch.get_rng_state()
         extra = {"tinydiff_version": __version__, "elapsed_s": sum(self.stage_elapsed), "data": self.data.to_meta(),
                  "train_loss": self.last_loss, "distilled": distilled.to_meta(), "distill": progress}
-        return save_checkpoint(self.out_dir, name, config=self.config, step=self.stage_step, tensors=tensors, extra=extra)
+        return save_checkpoint(self.out_dir, name, config=self.config, step=self.total_step, tensors=tensors, extra=extra)
 
     def load_state(self, ckpt: Checkpoint) -> None:
         """Continue an interrupted distillation from its `last`: the stage, its teacher (the previous stage's
         student), the student, EMA, optimizer and RNG stream."""
         progress = ckpt.meta["distill"]
+        if ckpt.meta.get("recovered_from_tensors"):
+            raise TinydiffError(f"{ckpt.json_path} is older than its tensors (the run stopped while saving), so the stage "
+                                f"they belong to is unknown; start the distillation again with a new --out")
         self.stage_index, self.stage_step = int(progress["stage"]), int(progress["stage_step"])
+        self.total_step = int(progress.get("total_step", ckpt.step))
         self.stage_elapsed = [float(x) for x in progress["stage_elapsed_s"]]
         self.last_loss = ckpt.meta.get("train_loss")
         if self.stage_index >= len(self.stages):
@@ -375,7 +388,9 @@ class Distiller:
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value if name != "step" else value.cpu()
         self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
-        self.generator.set_state(ckpt.tensors("rng")["distill"])
+        rng = ckpt.tensors("rng")
+        self.generator.set_state(rng["distill"])
+        torch.set_rng_state(rng["torch"])
 
 
 def settings_of(ckpt: Checkpoint) -> DistillSettings:

@@ -36,7 +36,8 @@ def example_inputs(pipe: Pipeline, batch: int = 2, seed: int = 0) -> tuple[torch
     inputs = [torch.randn(batch, *pipe.image_shape, generator=g), torch.randint(0, pipe.T, (batch,), generator=g),
               torch.randint(0, pipe.num_classes + 1, (batch,), generator=g)]
     if pipe.takes_w:
-        inputs.append(torch.rand(batch, generator=g) * 2)
+        low, high = (pipe.distilled.w_min, pipe.distilled.w_max) if pipe.distilled else (0.0, 2.0)
+        inputs.append(low + (high - low) * torch.rand(batch, generator=g))
     return tuple(x.to(pipe.device) for x in inputs)
 
 

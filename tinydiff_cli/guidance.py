@@ -65,7 +65,7 @@ def guided_denoiser(model, schedule: Schedule, parameterization: Parameterizatio
     null class runs one pass (the mix would return the unconditional pass). See `predict_clipped` for clip_x0.
     """
     embedded = getattr(model, "guidance_emb", None) is not None
-    if not torch.is_tensor(w) and passes_per_step(model, labels, null_class=null_class, w=w) == 1 and not embedded:
+    if not embedded and not torch.is_tensor(w) and bool((labels == null_class).all()):
         w = 0.0
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor):

@@ -43,14 +43,14 @@ def labels_for(choice: str | int | None, n: int, num_classes: int = 10) -> torch
     return torch.full((n,), int(choice), dtype=torch.long)
 
 
-def resolve_sampling(distilled: DistillInfo | None, sampler: str | None, steps: int | None,
-                     w: float) -> tuple[str, int | None]:
+def resolve_sampling(distilled: DistillInfo | None, sampler: str | None, steps: int | None, w: float,
+                     eta: float | None = None) -> tuple[str, int | None]:
     """(sampler, steps) to use when asked for `sampler` and `steps`, None meaning "the default": a distilled
     student's own, else samplers.DEFAULT_SAMPLER with DEFAULT_STEPS. A sampler named without steps takes all T.
     A distilled student refuses other samplers, step counts and a w outside its range (TinydiffError)."""
     if distilled is not None:
         chosen = (sampler or distilled.sampler, steps or distilled.steps)
-        distilled.check(*chosen, w)
+        distilled.check(*chosen, w, eta)
         return chosen
     if sampler is None:
         return DEFAULT_SAMPLER, steps or DEFAULT_STEPS
@@ -123,9 +123,10 @@ class Pipeline:
         """Whether the network takes the guidance weight as an input (a guidance-distilled student)."""
         return getattr(self.model, "guidance_emb", None) is not None
 
-    def sampling(self, sampler: str | None = None, steps: int | None = None, w: float = 0.0) -> tuple[str, int | None]:
+    def sampling(self, sampler: str | None = None, steps: int | None = None, w: float = 0.0,
+                 eta: float | None = None) -> tuple[str, int | None]:
         """See `resolve_sampling`."""
-        return resolve_sampling(self.distilled, sampler, steps, w)
+        return resolve_sampling(self.distilled, sampler, steps, w, eta)
 
     def to(self, device) -> "Pipeline":
         """Move the model and the schedule together."""
@@ -175,7 +176,7 @@ class Pipeline:
         from the seeded generator, so every sampler run with the same seed starts from the same noise, whatever the
         batch size. `callback` gets each step's dict (see samplers).
         """
-        sampler, steps = self.sampling(sampler, steps, w)
+        sampler, steps = self.sampling(sampler, steps, w, eta)
         timesteps = self.timesteps(sampler, steps)
         batch_size = batch_size or default_batch_size(self.device)
         generator = make_generator(seed, self.device)
@@ -191,7 +192,7 @@ class Pipeline:
     def trajectory(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                    eta: float | None = None, w: float = 0.0, seed: int = 0) -> Trajectory:
         """Sample one batch and keep every step; its last frame equals `sample` with the same arguments."""
-        sampler, steps = self.sampling(sampler, steps, w)
+        sampler, steps = self.sampling(sampler, steps, w, eta)
         timesteps = self.timesteps(sampler, steps)
         generator = make_generator(seed, self.device)
         x = torch.randn((labels.shape[0], *self.image_shape), device=self.device, generator=generator)

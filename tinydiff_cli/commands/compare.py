@@ -49,11 +49,16 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     cfg, T = ckpt.config, ckpt.config.diffusion.timesteps
     names, counts = parse_samplers(samplers), parse_steps(steps, T)
     options.resolve(ckpt)  # eta and the batch size, checked before anything is loaded
+    if ckpt.distilled is not None:
+        raise TinydiffError(f"{ckpt.json_path} is a distilled model; pass its teacher as --checkpoint "
+                            f"({ckpt.distilled.teacher}) and the distilled model with --distilled")
     students = [open_checkpoint(path) for path in distilled]
     for student in students:
         if student.distilled is None:
             raise TinydiffError(f"--distilled {student.json_path} is not a distilled model (from `tinydiff distill`)")
-        student.distilled.check(student.distilled.sampler, student.distilled.steps, options.w)
+        if student.data != ckpt.data:
+            raise TinydiffError(f"--distilled {student.json_path} was trained on other data than {ckpt.json_path}")
+        student.distilled.check(student.distilled.sampler, student.distilled.steps, options.w, options.eta)
     if n < 2 or show < 1:
         raise TinydiffError("--n must be at least 2 and --show at least 1")
     choice = parse_digit(digit, ckpt.data.num_classes)

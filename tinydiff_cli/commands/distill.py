@@ -37,9 +37,14 @@ def resume_distiller(*, resume: str, out: Path | None, max_minutes: float | None
     if "distill" not in ckpt.meta:
         raise TinydiffError(f"{ckpt.json_path} is not a distillation in progress (no 'distill' entry); "
                             f"resume training runs with `tinydiff train --resume`")
+    if ckpt.meta["distill"].get("complete"):
+        raise TinydiffError(f"{ckpt.json_path} is a finished distillation; sample it, or distil again with a new --out")
+    if not ckpt.meta["distill"].get("resumable"):
+        raise TinydiffError(f"{ckpt.json_path} is one stage's finished model, not a resumable state; resume with the "
+                            f"folder's last.json ({ckpt.json_path.parent})")
     settings = settings_of(ckpt)
-    if max_minutes is not None:
-        settings = dataclasses.replace(settings, max_minutes=max_minutes)
+    if max_minutes is not None:  # 0: no time limit
+        settings = dataclasses.replace(settings, max_minutes=max_minutes or None)
     distiller = Distiller(load_checkpoint(ckpt.distilled.teacher), settings, ckpt.json_path.parent, device,
                           data_dir=ckpt.meta["distill"].get("data_dir"), reporter=RichReporter())
     distiller.load_state(ckpt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TinydiffError
-from ..export import FORMATS, check_onnx, check_pt2, export_onnx, export_pt2, export_safetensors
+from ..export import FORMATS, check_onnx, check_pt2, export_onnx, export_pt2, export_safetensors, input_names
 from ..ui import console
 from .common import load_pipeline, open_checkpoint
 
@@ -32,5 +32,8 @@ def run_export(*, checkpoint: Path | None, fmt: str, out: Path | None) -> Path:
     else:
         export_pt2(pipe, out)
         check = f"torch.export.load vs PyTorch on random inputs: max abs error {check_pt2(pipe, out):.2e}"
-    console.print(f"denoiser (x_t, t, labels) -> {objective} prediction, dynamic batch -> {out}\n{check}")
+    inputs = ", ".join(input_names(pipe))
+    distilled = (f"; distilled for {pipe.distilled.sampler.upper()}-{pipe.distilled.steps} with w in "
+                 f"[{pipe.distilled.w_min:g}, {pipe.distilled.w_max:g}]" if pipe.distilled else "")
+    console.print(f"denoiser ({inputs}) -> {objective} prediction, dynamic batch{distilled} -> {out}\n{check}")
     return out

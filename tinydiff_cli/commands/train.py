@@ -34,6 +34,9 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
         raise TinydiffError(f"nothing to resume at {resume_path}: no checkpoint there; start a new run without --resume, "
                             f"or give --resume the run folder or checkpoint to continue")
     ckpt = load_checkpoint(resume_path)
+    if ckpt.distilled is not None:
+        raise TinydiffError(f"{ckpt.json_path} is a distilled model; continue a distillation with "
+                            f"`tinydiff distill --resume {ckpt.json_path.parent}`")
     if not ckpt.is_training_checkpoint:
         raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
                             f"checkpoint such as runs/<name>/last.json")

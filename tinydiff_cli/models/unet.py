@@ -30,8 +30,8 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 class GuidanceEmbedding(nn.Module):
     """The guidance weight w as a network input, for guidance-distilled students (Meng et al. 2023, sec. 4.1, which
-    embeds w like a timestep). The last layer starts at zero, so a student copied from its teacher starts out as the
-    teacher's conditional model, whatever w."""
+    embeds w like a timestep). The last layer starts at zero, so a student copied from its teacher starts out with the
+    teacher's conditional output, whatever w (a warm start)."""
 
     def __init__(self, dim: int, freq_dim: int = 64):
         super().__init__()
@@ -48,7 +48,7 @@ def condition_embedding(emb: torch.Tensor, guidance: GuidanceEmbedding | None, w
         return emb
     if w is None:
         w = torch.zeros(emb.shape[0], device=emb.device)
-    return emb + guidance(w.to(emb.dtype).expand(emb.shape[0]))
+    return emb + guidance(torch.as_tensor(w, device=emb.device, dtype=emb.dtype).expand(emb.shape[0]))
 
 
 class ResBlock(nn.Module):
