@@ -44,16 +44,17 @@ def labels_for(choice: str | int | None, n: int, num_classes: int = 10) -> torch
 
 
 def resolve_sampling(distilled: DistillInfo | None, sampler: str | None, steps: int | None, w: float,
-                     eta: float | None = None) -> tuple[str, int | None]:
+                     eta: float | None = None, T: int | None = None) -> tuple[str, int | None]:
     """(sampler, steps) to use when asked for `sampler` and `steps`, None meaning "the default": a distilled
-    student's own, else samplers.DEFAULT_SAMPLER with DEFAULT_STEPS. A sampler named without steps takes all T.
-    A distilled student refuses other samplers, step counts and a w outside its range (TinydiffError)."""
+    student's own, else samplers.DEFAULT_SAMPLER with DEFAULT_STEPS (at most T). A sampler named without steps takes
+    all T. A distilled student refuses other samplers and step counts, eta != 0 and a w outside its range
+    (TinydiffError)."""
     if distilled is not None:
         chosen = (sampler or distilled.sampler, steps or distilled.steps)
         distilled.check(*chosen, w, eta)
         return chosen
     if sampler is None:
-        return DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+        return DEFAULT_SAMPLER, steps or min(DEFAULT_STEPS, T or DEFAULT_STEPS)
     return sampler, steps
 
 
@@ -126,7 +127,7 @@ class Pipeline:
     def sampling(self, sampler: str | None = None, steps: int | None = None, w: float = 0.0,
                  eta: float | None = None) -> tuple[str, int | None]:
         """See `resolve_sampling`."""
-        return resolve_sampling(self.distilled, sampler, steps, w, eta)
+        return resolve_sampling(self.distilled, sampler, steps, w, eta, self.T)
 
     def to(self, device) -> "Pipeline":
         """Move the model and the schedule together."""

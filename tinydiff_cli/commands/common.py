@@ -47,7 +47,7 @@ class SamplingOptions:
         T = ckpt.config.diffusion.timesteps
         if self.steps is not None and not 1 <= self.steps <= T:
             raise TinydiffError(f"{self.steps_flag} must be between 1 and the model's T={T}, got {self.steps}")
-        sampler, steps = resolve_sampling(ckpt.distilled, self.sampler, self.steps, self.w, self.eta)
+        sampler, steps = resolve_sampling(ckpt.distilled, self.sampler, self.steps, self.w, self.eta, T)
         try:
             sampler_timesteps(sampler, T, steps)  # an unknown name, or steps the sampler cannot take
         except ValueError as e:
