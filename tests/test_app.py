@@ -97,3 +97,25 @@ def test_generate_with_each_kind_of_sampler(runs):
     assert len(ddpm.timesteps) == pipe.T and ddpm.x.shape[1] == 1
     assert pipe.describe_sampler("ddpm", None, 0.0) == "DDPM-50"
     assert pipe.describe_sampler("ddim", 7, 0.5) == "DDIM-7 (eta=0.5)"
+
+
+def test_a_distilled_model_samples_with_its_own_steps_in_the_app(tiny_run, monkeypatch, tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = runner.invoke(app, ["distill", "--checkpoint", str(tiny_run[0]), "--steps", "2", "--teacher-steps", "4",
+                                 "--stage-iterations", "2", "--batch-size", "8", "--out", str(runs_dir / "tiny-2step"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    at = start(runs_dir, monkeypatch)
+    labels = at.selectbox(key="checkpoint").options
+    at.selectbox(key="checkpoint").select_index(next(i for i, l in enumerate(labels) if l.startswith("tiny-2step/last.json")))
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.radio  # no sampler to choose: the model brings its own
+    assert any("Distilled model: DDIM in 2 steps" in c.value for c in at.caption)
+    w = at.slider(key="w_distilled")
+    assert (w.min, w.max) == (0.0, 2.0)
+    w.set_value(1.5)
+    at.button(key="generate").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.session_state["result"]["trajectory"].timesteps) == 2
