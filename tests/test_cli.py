@@ -39,6 +39,16 @@ def test_version_and_help_from_the_installed_command():
     assert "train" in help_text and "sample" in help_text
 
 
+@pytest.mark.parametrize("command", [["eval"], ["compare"], ["sample"], ["visualize", "app"], ["train"]])
+def test_flags_render_as_flags_in_help(command):
+    """A flag takes no value, so --help must not show one (Typer 0.29 printed "<bool>" after each)."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    flags = [line for line in result.output.splitlines() if "--help" in line or "--json" in line or "--no-browser" in line
+             or "--raw-weights" in line or "--eval" in line]
+    assert flags and not any("<bool>" in line or "BOOLEAN" in line for line in flags), flags
+
+
 def test_presets_resolve_from_any_directory(tmp_path):
     """`--preset unet-small` must work after a non-editable install, far from the source tree."""
     result = subprocess.run(tinydiff_command() + ["train", "--preset", "unet-small", "--data-dir", str(tmp_path)],
@@ -135,6 +145,9 @@ def test_typed_flags_are_not_parsed_as_yaml(tiny_preset, tmp_path):
     (["train", "--data-dir", "{tmp}/empty", "--out", "{tmp}/r"], "MNIST not found in"),
     (["train", "--out", "{run}"], "already holds a run"),
     (["train", "--resume", "--out", "{tmp}/none"], "nothing to resume at"),
+    (["train", "--resume", "{run}", "--dataset", "fashion-mnist"], "would change data.dataset: mnist -> fashion-mnist"),
+    (["train", "--resume", "{run}", "--set", "model.base_channels=16"], "would change model.base_channels: 8 -> 16"),
+    (["train", "--resume", "{run}", "--set", "diffusion.objective=v"], "diffusion.objective: eps -> v"),
     (["train", "--device", "tpu", "--out", "{tmp}/r"], "unknown device 'tpu'"),
     (["sample", "--checkpoint", "{run}", "--out", "{tmp}", "--n", "2", "--ddim", "1"], "is a folder"),
     (["eval", "--checkpoint", "{run}", "--n", "1"], "at least 2"),
@@ -178,3 +191,12 @@ def test_normalize_argv_gives_a_bare_resume_its_default():
     assert normalize_argv(["train", "--resume"]) == ["train", "--resume", "last"]
     assert normalize_argv(["train", "--resume", "--lr", "1"]) == ["train", "--resume", "last", "--lr", "1"]
     assert normalize_argv(["train", "--resume", "runs/x"]) == ["train", "--resume", "runs/x"]
+
+
+def test_default_run_folders_tell_datasets_apart():
+    from tinydiff_cli.commands.train import default_run_dir
+    from tinydiff_cli.config import load_config
+
+    assert default_run_dir(load_config("unet-small")) == Path("runs/unet-small")
+    fashion = load_config("unet-small", overrides=["data.dataset=fashion-mnist"])
+    assert default_run_dir(fashion) == Path("runs/unet-small-fashion-mnist")

@@ -115,7 +115,7 @@ def train(
     preset: Annotated[str, typer.Option(help="Preset name (unet-small, unet-base, dit-small, dit-base) or a path to a YAML file.")] = "unet-small",
     dataset: Annotated[Optional[str], typer.Option(help="mnist or fashion-mnist.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: $TINYDIFF_DATA, else ~/.cache/tinydiff/data]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>, runs/<preset>-<dataset> for datasets other than mnist]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs to train.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps in total.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget in minutes: stop cleanly and save.")] = None,

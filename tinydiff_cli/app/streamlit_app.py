@@ -48,7 +48,7 @@ def sidebar(entries: list[logic.ModelEntry]):
             w = st.slider("Guidance w", 0.0, 8.0, 1.0, 0.5, help=GUIDANCE_HELP, key="w")
         seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
         st.caption("w: " + GUIDANCE_HELP)
-        pressed = st.button("Generate", type="primary", key="generate", use_container_width=True)
+        pressed = st.button("Generate", type="primary", key="generate", width="stretch")
     label = None if choice == "unconditional" else classes.index(choice) - 1
     settings = dict(label=label, sampler=sampler, steps=None if steps is None else int(steps), eta=float(eta), w=float(w),
                     seed=int(seed))
@@ -89,7 +89,7 @@ def viewer(result: dict) -> None:
     left.image(frames.x[index].numpy(), caption="x_t (what the model sees)", clamp=True)
     right.image(frames.x0[index].numpy(), caption="predicted x_0", clamp=True)
     st.image(frames.strip.numpy(), caption="the whole trajectory: x_t (top) over predicted x_0 (bottom), noise to result",
-             use_container_width=True)
+             width="stretch")
     st.download_button("Download the animation (GIF)", frames.gif, file_name="tinydiff-denoise.gif", mime="image/gif")
 
 

@@ -7,7 +7,7 @@ import yaml
 from rich.table import Table
 
 from ..checkpoint import load_checkpoint
-from ..config import apply_overrides, apply_settings, config_from_dict, config_to_dict, read_preset, validate
+from ..config import Config, apply_overrides, apply_settings, config_from_dict, config_to_dict, read_preset, validate
 from ..device import describe, pick_device
 from ..errors import TinydiffError
 from ..training import Trainer
@@ -18,16 +18,40 @@ def holds_a_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in ("last.json", "loss.csv")) or any(run_dir.glob("ckpt_*.json"))
 
 
+# What a run is: changing any of these on --resume would train another model on top of this one's weights.
+IDENTITY = ("data.dataset", "model", "diffusion.schedule", "diffusion.timesteps", "diffusion.objective")
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<preset>, with the dataset added for anything but MNIST, so that runs on two datasets do not collide."""
+    name = cfg.preset if cfg.data.dataset == "mnist" else f"{cfg.preset}-{cfg.data.dataset}"
+    return Path("runs") / name
+
+
+def identity_changes(before: Config, after: Config) -> list[str]:
+    """'data.dataset: mnist -> fashion-mnist' for each setting of IDENTITY that differs."""
+    old, new = config_to_dict(before), config_to_dict(after)
+    changes = []
+    for key in IDENTITY:
+        section, _, name = key.partition(".")
+        pairs = [(f"{section}.{k}", old[section].get(k), new[section].get(k)) for k in new[section]] if not name \
+            else [(key, old[section].get(name), new[section].get(name))]
+        changes += [f"{k}: {a} -> {b}" for k, a, b in pairs if a != b]
+    return changes
+
+
 def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | None, resume: str | None):
     """-> (config, run folder, checkpoint to resume or None)."""
     if resume is None:
-        values = read_preset(preset)
-        run_dir = out or Path("runs") / values["preset"]
+        cfg = validate(config_from_dict(apply_settings(apply_overrides(read_preset(preset), overrides), settings)))
+        run_dir = out or default_run_dir(cfg)
         if holds_a_run(run_dir):
-            raise TinydiffError(f"{run_dir} already holds a run; continue it with --resume, or pass --out DIR for a new one")
-        return validate(config_from_dict(apply_settings(apply_overrides(values, overrides), settings))), run_dir, None
+            raise TinydiffError(f"{run_dir} already holds a run; continue it with --resume (same dataset and model), "
+                                f"or pass --out DIR for a new one")
+        return cfg, run_dir, None
     if resume == "last":
-        resume_path = out or Path("runs") / read_preset(preset)["preset"]
+        resume_path = out or default_run_dir(validate(config_from_dict(
+            apply_settings(apply_overrides(read_preset(preset), overrides), settings))))
     else:
         resume_path = Path(resume)
     if not (resume_path.is_file() or (resume_path / "last.json").exists()):
@@ -41,6 +65,10 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
         raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
                             f"checkpoint such as runs/<name>/last.json")
     cfg = validate(config_from_dict(apply_settings(apply_overrides(ckpt.meta["config"], overrides), settings)))
+    changes = identity_changes(ckpt.config, cfg)
+    if changes:
+        raise TinydiffError(f"--resume continues {ckpt.json_path} as it was trained, but this would change "
+                            f"{'; '.join(changes)}; start a new run instead (leave out --resume, and give --out DIR)")
     return cfg, out or ckpt.json_path.parent, ckpt
 
 
