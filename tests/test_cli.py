@@ -200,3 +200,22 @@ def test_default_run_folders_tell_datasets_apart():
     assert default_run_dir(load_config("unet-small")) == Path("runs/unet-small")
     fashion = load_config("unet-small", overrides=["data.dataset=fashion-mnist"])
     assert default_run_dir(fashion) == Path("runs/unet-small-fashion-mnist")
+
+
+def test_resume_trains_longer_with_more_minutes_or_a_new_end(tiny_preset, data_dir, tmp_path):
+    from tinydiff_cli.commands.train import resolve_run
+
+    run = tmp_path / "run"
+    result = invoke("train", "--preset", tiny_preset, "--data-dir", data_dir, "--out", run, "--max-steps", "2",
+                    "--set", "train.max_minutes=0.001", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    elapsed = json.loads((run / "last.json").read_text())["elapsed_s"]
+    cfg, _, _ = resolve_run(str(tiny_preset), [], {"train.max_minutes": 2.0}, None, str(run))
+    assert cfg.train.max_minutes == pytest.approx(elapsed / 60 + 2.0)  # two more minutes
+    cfg, _, _ = resolve_run(str(tiny_preset), [], {"train.max_steps": 4}, None, str(run))
+    assert cfg.train.max_steps == 4 and cfg.train.max_minutes is None  # the old budget would stop it at once
+    result = invoke("train", "--resume", run, "--device", "cpu")  # nothing left: the message says what to do
+    assert result.exit_code == 0 and "to train longer, resume with --max-minutes M" in result.output
+    result = invoke("train", "--resume", run, "--max-steps", "4", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "last.json").read_text())["step"] == 4

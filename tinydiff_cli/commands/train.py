@@ -40,6 +40,18 @@ def identity_changes(before: Config, after: Config) -> list[str]:
     return changes
 
 
+def budget_on_resume(settings: dict, elapsed_s: float) -> dict:
+    """How a resumed run is told to train longer: --max-minutes M means M more minutes (the budget counts the whole
+    run, so it becomes the minutes used so far plus M); --max-steps or --epochs without --max-minutes sets a new end
+    and lifts the old time budget, which would otherwise stop the run at once."""
+    settings = dict(settings)
+    if settings.get("train.max_minutes") is not None:
+        settings["train.max_minutes"] = elapsed_s / 60 + settings["train.max_minutes"]
+    elif "train.max_steps" in settings or "train.epochs" in settings:
+        settings["train.max_minutes"] = None
+    return settings
+
+
 def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | None, resume: str | None):
     """-> (config, run folder, checkpoint to resume or None)."""
     if resume is None:
@@ -64,7 +76,8 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
     if not ckpt.is_training_checkpoint:
         raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
                             f"checkpoint such as runs/<name>/last.json")
-    cfg = validate(config_from_dict(apply_settings(apply_overrides(ckpt.meta["config"], overrides), settings)))
+    cfg = validate(config_from_dict(apply_settings(apply_overrides(ckpt.meta["config"], overrides),
+                                                   budget_on_resume(settings, ckpt.meta.get("elapsed_s", 0.0)))))
     changes = identity_changes(ckpt.config, cfg)
     if changes:
         raise TinydiffError(f"--resume continues {ckpt.json_path} as it was trained, but this would change "
@@ -88,6 +101,9 @@ def run_train(*, preset: str, overrides: list[str], settings: dict, out: Path | 
                   f"{trainer.steps_per_epoch} steps per epoch; run folder {run_dir}")
     result = trainer.run()
     _print_summary(result, run_dir)
+    if ckpt is not None and result.step == ckpt.step:
+        console.print("to train longer, resume with --max-minutes M (M more minutes), --max-steps N or --epochs N "
+                      "(a new end; the old time budget then no longer applies)")
     if result.stop_reason == "interrupted":
         console.print(f"interrupted at step {result.step}; continue with: tinydiff train --resume {result.checkpoint}")
         return 130
