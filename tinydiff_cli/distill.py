@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import Checkpoint, DataInfo, DistillInfo, load_checkpoint, load_model, save_checkpoint
+from .checkpoint import Checkpoint, DataInfo, DistillInfo, TrainState, load_checkpoint, load_model, save_checkpoint
 from .config import Config, config_from_dict, config_to_dict
 from .data import load_split, to_model_range
 from .ema import EMA
@@ -214,6 +214,11 @@ class Distiller:
             self.teacher_grid = grid_with_end(self.teacher.T, 2 * stage.steps, self.device)
 
     @property
+    def state(self) -> TrainState:
+        """What a resume restores (student, EMA, optimizer moments, RNG streams), in the checkpoint format of training."""
+        return TrainState(self.student, self.ema.ema_model, self.optimizer, self.generator)
+
+    @property
     def stage(self) -> Stage:
         return self.stages[self.stage_index]
 
@@ -354,13 +359,8 @@ class Distiller:
         steps = self.stages[min(self.stage_index, len(self.stages) - 1)].steps
         distilled = DistillInfo("ddim", steps, self.settings.w_min, self.settings.w_max,
                                 str(self.teacher_checkpoint.json_path.resolve()))
-        tensors = {f"ema.{k}": v for k, v in self.ema.ema_model.state_dict().items()}
-        if resumable:
-            tensors.update({f"model.{k}": v for k, v in self.student.state_dict().items()})
-            for index, state in self.optimizer.state_dict()["state"].items():
-                tensors.update({f"optim.{index}.{key}": torch.as_tensor(v) for key, v in state.items()})
-            tensors["rng.distill"] = self.generator.get_state()
-            tensors["rng.torch"] = torch.get_rng_state()
+        tensors = (self.state.tensors() if resumable
+                   else {f"ema.{k}": v for k, v in self.ema.ema_model.state_dict().items()})
         extra = {"tinydiff_version": __version__, "elapsed_s": sum(self.stage_elapsed), "data": self.data.to_meta(),
                  "train_loss": self.last_loss, "distilled": distilled.to_meta(), "distill": progress}
         return save_checkpoint(self.out_dir, name, config=self.config, step=self.total_step, tensors=tensors, extra=extra)
@@ -381,16 +381,7 @@ class Distiller:
         if self.stage_index > 0:
             previous = load_checkpoint(ckpt.json_path.parent / f"stage{self.stage_index}.json")
             self.begin_stage(load_model(previous, self.device, "ema"), previous.config)
-        self.student.load_state_dict(ckpt.tensors("model", self.device))
-        self.ema.ema_model.load_state_dict(ckpt.tensors("ema", self.device))
-        state: dict[int, dict] = {}
-        for key, value in ckpt.tensors("optim", self.device).items():
-            index, name = key.split(".", 1)
-            state.setdefault(int(index), {})[name] = value if name != "step" else value.cpu()
-        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
-        rng = ckpt.tensors("rng")
-        self.generator.set_state(rng["distill"])
-        torch.set_rng_state(rng["torch"])
+        self.state.restore(ckpt)
 
 
 def settings_of(ckpt: Checkpoint) -> DistillSettings:
