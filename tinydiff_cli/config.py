@@ -149,6 +149,22 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# The settings only one backbone reads (see ModelConfig); the other's are left out where a person reads the config.
+BACKBONE_KEYS = {"unet": ("base_channels", "channel_mults", "num_res_blocks", "attn_resolutions", "groups"),
+                 "dit": ("patch_size", "hidden_size", "depth", "mlp_ratio")}
+
+
+def used_settings(cfg: Config) -> dict:
+    """config_to_dict without the other backbone's keys: what the printed config and config.yaml show. It reads back
+    to the same Config (the left-out keys are unused defaults)."""
+    values = config_to_dict(cfg)
+    for backbone, keys in BACKBONE_KEYS.items():
+        if backbone != cfg.model.type:
+            for key in keys:
+                values["model"].pop(key)
+    return values
+
+
 def read_preset(preset: str) -> dict:
     """A preset name (see `available_presets`) or a path to a YAML file -> its dict, with `preset` set."""
     path = Path(preset)

@@ -308,7 +308,7 @@ class Distiller:
                     if self.stage_step % s.log_every == 0:
                         self.last_loss, images_per_s = window.close()
                         metrics = {"loss": self.last_loss, "lr": lr, "images_per_s": images_per_s,
-                                   "eta_s": self.seconds_left(elapsed(), images_per_s)}
+                                   "eta_s": self.seconds_left(elapsed(), images_per_s), "elapsed_s": elapsed()}
                     self.reporter.update(self.stage_step, metrics)
                     if self.stage_step % s.checkpoint_every == 0:
                         with window.paused():

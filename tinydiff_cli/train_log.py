@@ -18,7 +18,7 @@ class PrintReporter:
         print(f"{description}: steps {step}..{total_steps}")
 
     def update(self, step: int, metrics: dict | None) -> None:
-        """Called every step; `metrics` (loss, lr, images_per_s, eta_s) every train.log_every steps."""
+        """Called every step; `metrics` (loss, lr, images_per_s, eta_s, elapsed_s) every train.log_every steps."""
 
     def log(self, message: str) -> None:
         print(message)

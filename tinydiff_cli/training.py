@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .atomic import write_text_atomic
 from .checkpoint import Checkpoint, DataInfo, TrainState, save_checkpoint
-from .config import Config, config_to_dict
+from .config import Config, used_settings
 from .data import CHANNELS, CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, load_split, to_model_range
 from .ema import EMA
 from .images import save_loss_plot
@@ -41,7 +41,9 @@ class TrainResult:
     train_loss: float | None
     eval_loss: float | None
     images_per_s: float
-    elapsed_s: float
+    elapsed_s: float  # the whole run, across resumes
+    session_s: float  # this session only
+    epoch: float  # epochs trained in all (steps / steps per epoch)
 
 
 def lr_at(cfg: Config, step: int, progress: float) -> float:
@@ -74,6 +76,7 @@ class Trainer:
         self.last_train_loss: float | None = None
         self.last_eval_loss: float | None = None
         self.stop_requested = False
+        self.previewing = False  # a Ctrl-C now skips the preview (see `skippable`) instead of waiting for it
         self._permutation: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its data order)
 
     # ---- sizes and budgets -------------------------------------------------------------------------------
@@ -158,12 +161,24 @@ class Trainer:
         """Stop after the current step and save `last` (what Ctrl-C does)."""
         self.stop_requested = True
 
+    @contextmanager
+    def skippable(self, what: str):
+        """A preview or sample-quality eval that a Ctrl-C cuts short (it is written atomically, so it is then simply
+        absent) rather than one the user has to wait out; the stop it requests still saves `last`."""
+        self.previewing = True
+        try:
+            yield
+        except PreviewSkipped:
+            self.reporter.log(f"Ctrl-C: {what} skipped")
+        finally:
+            self.previewing = False
+
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         t, out = self.cfg.train, self.out_dir
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.yaml", _yaml(config_to_dict(self.cfg)))
-        start_step, saved_step, session_start = self.step, None, time.perf_counter()
+        write_text_atomic(out / "config.yaml", _yaml(used_settings(self.cfg)))
+        start_step, saved_step, saved_s, session_start = self.step, None, 0.0, time.perf_counter()
         elapsed = lambda: self.elapsed_before + time.perf_counter() - session_start  # noqa: E731  across resumes
         quality = SampleQuality(self.cfg, self.device, self.reporter.log)
         window, images_per_s = LossWindow(self.device), 0.0
@@ -179,41 +194,48 @@ class Trainer:
                     log.write(step=self.step, epoch=epoch, train_loss=self.last_train_loss, lr=lr,
                               images_per_s=images_per_s, elapsed_s=elapsed())
                     metrics = {"loss": self.last_train_loss, "lr": lr, "images_per_s": images_per_s,
-                               "eta_s": self.eta_seconds(images_per_s, elapsed())}
+                               "eta_s": self.eta_seconds(images_per_s, elapsed()), "elapsed_s": elapsed()}
                 self.reporter.update(self.step, metrics)
 
                 with window.paused():
                     if self.step % t.checkpoint_every == 0:
                         self.save(f"ckpt_{self.step:07d}", elapsed())
                     if t.eval_every and self.step % t.eval_every == 0:
-                        score = quality(self.ema_pipeline)
-                        log.write(step=self.step, epoch=epoch, lr=lr, images_per_s=images_per_s, elapsed_s=elapsed(),
-                                  score=score)
-                        self.reporter.log(f"step {self.step}: FID@{score.n} {score.fid:.2f} (real-data floor "
-                                          f"{score.fid_real_floor:.2f}), class accuracy {score.class_accuracy:.1%}")
+                        with self.skippable("sample-quality eval"):
+                            score = quality(self.ema_pipeline)
+                            log.write(step=self.step, epoch=epoch, lr=lr, images_per_s=images_per_s,
+                                      elapsed_s=elapsed(), score=score)
+                            self.reporter.log(f"step {self.step}: FID@{score.n} {score.fid:.2f} (real-data floor "
+                                              f"{score.fid_real_floor:.2f}), class accuracy {score.class_accuracy:.1%}")
                     if end_of_epoch:
                         self.last_eval_loss = eval_loss(self.ema_pipeline, self.test_split, n=t.eval_images,
                                                         min_snr_gamma=self.cfg.diffusion.min_snr_gamma)
                         log.write(step=self.step, epoch=round(epoch), eval_loss=self.last_eval_loss, lr=lr,
                                   images_per_s=images_per_s, elapsed_s=elapsed())
-                        grid = save_sample_grid(self.ema_pipeline, out / "samples" / f"epoch_{round(epoch):03d}.png", self.cfg)
-                        self.save("last", elapsed())
-                        saved_step = self.step
+                        saved_step, saved_s, grid = self.step, elapsed(), None
+                        self.save("last", saved_s)
                         save_loss_plot(out / "loss.csv", out / "loss.png")
+                        with self.skippable("sample grid"):
+                            grid = save_sample_grid(self.ema_pipeline, out / "samples" / f"epoch_{round(epoch):03d}.png",
+                                                    self.cfg)
                         self.reporter.log(epoch_summary(round(epoch), self.step, self.last_train_loss,
                                                         self.last_eval_loss, grid))
 
-            # still under the signal handlers: a Ctrl-C now cannot cut the final save short
+            # still under the signal handlers: a Ctrl-C now cannot cut the final save short. `last` comes first, so
+            # a Ctrl-C during the preview after it (slow on a busy machine) loses nothing and exits at once.
+            # what `last` records: the run's time, without the previews after its last step
+            end_s = saved_s if self.step == saved_step else elapsed()
             if self.step not in (saved_step, start_step):
+                self.save("last", end_s)
                 if stop_reason != "interrupted":  # a user who pressed Ctrl-C wants out, not a preview
-                    save_sample_grid(self.ema_pipeline, out / "samples" / "final.png", self.cfg)
-                self.save("last", elapsed())
+                    with self.skippable("final sample grid"):
+                        save_sample_grid(self.ema_pipeline, out / "samples" / "final.png", self.cfg)
         save_loss_plot(out / "loss.csv", out / "loss.png")
         self.reporter.finish()
         if self.step == start_step:
             self.reporter.log(f"nothing to train: {stop_reason}")
         return TrainResult(self.step, stop_reason, out / "last.json", self.last_train_loss, self.last_eval_loss,
-                           images_per_s, elapsed())
+                           images_per_s, end_s, end_s - self.elapsed_before, self.step / self.steps_per_epoch)
 
 
 def epoch_summary(epoch: int, step: int, train_loss: float | None, eval_loss: float | None, grid: Path | None) -> str:
@@ -222,10 +244,15 @@ def epoch_summary(epoch: int, step: int, train_loss: float | None, eval_loss: fl
             + (f", samples {grid}" if grid else ""))
 
 
+class PreviewSkipped(KeyboardInterrupt):
+    """Raised by the signal handler inside `Trainer.skippable`."""
+
+
 @contextmanager
-def stop_on_signals(trainer: Trainer):
-    """The first Ctrl-C (or SIGTERM) asks the trainer to stop after the current step and save; a second aborts.
-    Signal handlers can only be installed from the main thread; elsewhere this does nothing."""
+def stop_on_signals(trainer):
+    """The first Ctrl-C (or SIGTERM) asks the trainer (or distiller) to stop after the current step and save, and
+    skips a preview in progress; a second aborts. Signal handlers can only be installed from the main thread;
+    elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -234,6 +261,8 @@ def stop_on_signals(trainer: Trainer):
         if trainer.stop_requested:
             raise KeyboardInterrupt
         trainer.request_stop()
+        if getattr(trainer, "previewing", False):
+            raise PreviewSkipped
         trainer.reporter.log("stopping after this step and saving (press Ctrl-C again to abort without saving)")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -14,7 +14,7 @@ from ..errors import TinydiffError
 from ..evaluation import Scorer
 from ..figures import frontier_chart, image_table
 from ..samplers import FULL_GRID_ONLY, SAMPLERS
-from ..ui import console, err_console
+from ..ui import console, err_console, where
 from .common import SamplingOptions, check_output, load_pipeline, open_checkpoint, parse_digit, source_of
 
 
@@ -90,7 +90,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
                          indent=2))
         return
     console.print(results_table(results, n))
-    console.print(f"grid -> {out}" + (f"; FID against evaluations and time -> {plot}" if scorer and plot else ""))
+    console.print(f"grid -> {where(out)}" + (f"; FID against evaluations and time -> {where(plot)}" if scorer and plot else ""))
 
 
 def summary_row(run, baseline) -> dict:

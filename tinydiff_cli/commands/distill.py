@@ -4,13 +4,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from rich.table import Table
 
 from ..checkpoint import load_checkpoint
 from ..device import describe, pick_device
 from ..distill import Distiller, DistillSettings, plan_stages, settings_of
 from ..errors import TinydiffError
-from ..ui import RichReporter, console, format_seconds
+from ..ui import RichReporter, console, format_seconds, print_key_values
 from .common import open_checkpoint, source_of
 from .train import holds_a_run
 
@@ -68,14 +67,11 @@ def run_distill(*, checkpoint: Path | None, settings: DistillSettings, out: Path
     if distiller.stage_index:
         console.print(f"resuming at stage {distiller.stage_index + 1}, iteration {distiller.stage_step}")
     result = distiller.run()
-    table = Table(title="distillation " + ("interrupted" if result.stop_reason == "interrupted" else "finished"),
-                  show_header=False)
-    for key, value in [("stages done", f"{result.stage}/{len(distiller.stages)}"),
-                       ("last loss", "n/a" if result.loss is None else f"{result.loss:.5f}"),
-                       ("elapsed", format_seconds(result.elapsed_s)), ("checkpoint", str(result.checkpoint)),
-                       ("samples", str(distiller.out_dir / "samples"))]:
-        table.add_row(key, value)
-    console.print(table)
+    print_key_values("distillation " + ("interrupted" if result.stop_reason == "interrupted" else "finished"),
+                     [("stages done", f"{result.stage}/{len(distiller.stages)}"),
+                      ("last loss", "n/a" if result.loss is None else f"{result.loss:.5f}"),
+                      ("elapsed", format_seconds(result.elapsed_s)), ("checkpoint", str(result.checkpoint)),
+                      ("samples", str(distiller.out_dir / "samples"))])
     if result.stop_reason == "interrupted":
         console.print(f"continue with: tinydiff distill --resume {distiller.out_dir}")
         return 130

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.table import Table
 
 from ..classifier import get_classifier
 from ..data import CLASS_NAMES, DATASETS, to_uint8
 from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Score, Scorer
-from ..ui import console, err_console
+from ..ui import console, err_console, print_key_values
 from ..checkpoint import Checkpoint
 from .common import SamplingOptions, load_pipeline, open_checkpoint, parse_digit, source_of
 
@@ -81,18 +80,15 @@ def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, 
     if as_json:
         print(json.dumps(score.to_dict(), indent=2))
     else:
-        console.print(score_table(score, CLASS_NAMES[dataset]))
+        print_key_values(f"sample quality at N = {score.n} (compare only at equal N)", score_rows(score, CLASS_NAMES[dataset]))
     return score
 
 
-def score_table(score: Score, class_names: list[str]) -> Table:
-    table = Table(title=f"sample quality at N = {score.n} (compare only at equal N)", show_header=False)
-    table.add_row("FID (classifier features, vs test split)", f"{score.fid:.3f}")
-    table.add_row(f"real-data floor (N={score.n} train images)", f"{score.fid_real_floor:.3f}")
+def score_rows(score: Score, class_names: list[str]) -> list[tuple[str, str]]:
     acc = "n/a (unconditional)" if score.class_accuracy is None else f"{score.class_accuracy:.2%}"
-    table.add_row("class accuracy of conditional samples", acc)
-    table.add_row("class histogram", "  ".join(f"{name}:{p:.0%}" for name, p in zip(class_names, score.class_histogram)))
-    table.add_row("classifier test accuracy", f"{score.classifier_test_accuracy:.2%}")
-    for key, value in score.extra.items():
-        table.add_row(key, str(value))
-    return table
+    return [("FID (classifier features, vs test split)", f"{score.fid:.3f}"),
+            (f"real-data floor (N={score.n} train images)", f"{score.fid_real_floor:.3f}"),
+            ("class accuracy of conditional samples", acc),
+            ("class histogram", "  ".join(f"{name}:{p:.0%}" for name, p in zip(class_names, score.class_histogram))),
+            ("classifier test accuracy", f"{score.classifier_test_accuracy:.2%}")] + \
+        [(key, str(value)) for key, value in score.extra.items()]

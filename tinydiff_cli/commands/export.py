@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..errors import TinydiffError
 from ..export import FORMATS, check_onnx, check_pt2, export_onnx, export_pt2, export_safetensors, input_names
-from ..ui import console
+from ..ui import console, where
 from .common import load_pipeline, open_checkpoint
 
 SUFFIX = {"safetensors": ".safetensors", "onnx": ".onnx", "pt2": ".pt2"}
@@ -21,7 +21,7 @@ def run_export(*, checkpoint: Path | None, fmt: str, out: Path | None) -> Path:
     pipe = load_pipeline(ckpt, "cpu")
     if fmt == "safetensors":
         export_safetensors(pipe, out)
-        console.print(f"EMA weights and config (step {ckpt.step}) -> {out}; sample with: tinydiff sample --checkpoint {out}")
+        console.print(f"EMA weights and config (step {ckpt.step}) -> {where(out)}; sample with: tinydiff sample --checkpoint {out}")
         return out
     objective = pipe.parameterization.name
     if fmt == "onnx":
@@ -35,5 +35,5 @@ def run_export(*, checkpoint: Path | None, fmt: str, out: Path | None) -> Path:
     inputs = ", ".join(input_names(pipe))
     distilled = (f"; distilled for {pipe.distilled.sampler.upper()}-{pipe.distilled.steps} with w in "
                  f"[{pipe.distilled.w_min:g}, {pipe.distilled.w_max:g}]" if pipe.distilled else "")
-    console.print(f"denoiser ({inputs}) -> {objective} prediction, dynamic batch{distilled} -> {out}\n{check}")
+    console.print(f"denoiser ({inputs}) -> {objective} prediction, dynamic batch{distilled} -> {where(out)}\n{check}")
     return out

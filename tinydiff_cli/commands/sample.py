@@ -14,7 +14,7 @@ from ..device import describe
 from ..errors import TinydiffError
 from ..images import save_grid
 from ..pipeline import default_batch_size
-from ..ui import console
+from ..ui import console, format_rate, where
 from .common import SamplingOptions, check_output, load_pipeline, open_checkpoint, parse_digit
 
 
@@ -38,10 +38,10 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
         images = pipe.sample(labels, **options.sample_kwargs(), callback=lambda info: bar.advance(task))
         seconds = time.perf_counter() - start
     save_grid(images, out, ncols=pipe.num_classes if choice == "all" else math.ceil(math.sqrt(n)))
-    console.print(f"sampled {n} images in {seconds:.2f} s ({n / seconds:.1f} images/s); grid -> {out}")
+    console.print(f"sampled {n} images in {seconds:.2f} s ({format_rate(n, seconds)}); grid -> {where(out)}")
     if npz is not None:
         arrays = to_uint8(images).numpy()
         with atomic_path(npz) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, arr_0=arrays, arr_1=labels.numpy().astype(np.int64))
-        console.print(f"arrays -> {npz} (arr_0 uint8 {arrays.shape}, arr_1 int64 labels)")
+        console.print(f"arrays -> {where(npz)} (arr_0 uint8 {arrays.shape}, arr_1 int64 labels)")

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..data import load_split, to_model_range
 from ..errors import TinydiffError
 from ..schedules import SCHEDULES
-from ..ui import console
+from ..ui import console, where
 from ..visualize import write_denoise_outputs, write_forward_figure, write_schedule_figure
 from .common import SamplingOptions, load_pipeline, open_checkpoint, parse_digit
 
@@ -30,14 +30,14 @@ def run_forward(*, dataset: str, data_dir, n: int, schedule: str, timesteps: str
     split = load_split(dataset, data_dir, train=False)
     write_forward_figure(to_model_range(split.images[:n]), schedule, steps, out, seed=seed)
     console.print(f"forward process of {n} {dataset} test images at t = {', '.join(map(str, steps))} "
-                  f"({schedule} schedule) -> {out}")
+                  f"({schedule} schedule) -> {where(out)}")
 
 
 def run_schedule(*, out: Path, T: int) -> None:
     if T < 20:
         raise TinydiffError("--T must be at least 20")
     write_schedule_figure(out, T)
-    console.print(f"alpha_bar_t and log-SNR for {', '.join(SCHEDULES)} (T={T}) -> {out}")
+    console.print(f"alpha_bar_t and log-SNR for {', '.join(SCHEDULES)} (T={T}) -> {where(out)}")
 
 
 def run_denoise(*, checkpoint: Path | None, digit: str, n: int, options: SamplingOptions, out: Path, device: str) -> None:
@@ -55,4 +55,4 @@ def run_denoise(*, checkpoint: Path | None, digit: str, n: int, options: Samplin
     what = "unconditional" if choice == "none" else "classes cycling" if choice == "all" else f"class {pipe.class_names[choice]}"
     title = f"reverse process, {sampler}, w={options.w:g}, {what}: x_t (top) and the model's predicted x_0 (bottom)"
     gif, strip, frames = write_denoise_outputs(traj, out.with_suffix(".gif"), out.with_suffix(".png"), title)
-    console.print(f"{sampler} took {traj.seconds:.2f} s; animation ({frames} frames) -> {gif}; strip -> {strip}")
+    console.print(f"{sampler} took {traj.seconds:.2f} s; animation ({frames} frames) -> {where(gif)}; strip -> {where(strip)}")
