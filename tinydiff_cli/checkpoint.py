@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from .atomic import atomic_path, write_text_atomic
-from .config import Config, config_from_dict, config_to_dict
+from .config import Config, config_from_dict, config_to_dict, validate
 from .data import CLASS_NAMES
 from .errors import TinydiffError
 
@@ -44,7 +45,12 @@ class DataInfo:
         names = data.get("class_names") or CLASS_NAMES.get(dataset, [])
         if len(names) != num_classes:  # the model's label table is what counts
             names = [str(i) for i in range(num_classes)]
-        return cls(dataset, int(data.get("image_size", 28)), int(data.get("channels", 1)), num_classes, tuple(names))
+        info = cls(dataset, int(data.get("image_size", 28)), int(data.get("channels", 1)), num_classes, tuple(names))
+        # Bounds before anything is built or sampled at this shape: a damaged or hostile file is refused here.
+        if not (1 <= info.image_size <= 1024 and info.channels in (1, 3, 4) and 1 <= info.num_classes <= 100_000):
+            raise TinydiffError(f"its data entry is out of range (image size {info.image_size}, {info.channels} "
+                                f"channels, {info.num_classes} classes)")
+        return info
 
     def to_meta(self) -> dict:
         return {"dataset": self.dataset, "image_size": self.image_size, "channels": self.channels,
@@ -131,6 +137,13 @@ def _open_tensors(path: Path, device="cpu"):
         raise TinydiffError(f"{path} is not a readable safetensors file ({e}); re-run training or pick another checkpoint") from None
 
 
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically. The file is serialised in memory and written by Python, so a full disk or a read-only folder
+    raises atomic.StorageError naming `path` (safetensors' own writer reports it as a bare string)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata))
+
+
 def save_checkpoint(run_dir: Path, name: str, *, config: Config, step: int, tensors: dict[str, torch.Tensor],
                     extra: dict) -> Path:
     """Write run_dir/name.safetensors and run_dir/name.json atomically; returns the JSON path."""
@@ -138,8 +151,7 @@ def save_checkpoint(run_dir: Path, name: str, *, config: Config, step: int, tens
     tensors_path, json_path = run_dir / f"{name}.safetensors", run_dir / f"{name}.json"
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     elapsed = str(extra.get("elapsed_s", 0.0))
-    with atomic_path(tensors_path) as tmp:
-        save_file(contiguous, str(tmp), metadata={"format": FORMAT, "step": str(step), "elapsed_s": elapsed})
+    write_safetensors(tensors_path, contiguous, metadata={"format": FORMAT, "step": str(step), "elapsed_s": elapsed})
     meta = {"format": FORMAT, "version": VERSION, "step": step, "tensors": tensors_path.name,
             "config": config_to_dict(config), **extra}
     write_text_atomic(json_path, json.dumps(meta, indent=2))
@@ -174,9 +186,10 @@ def _load_exported(path: Path) -> Checkpoint:
 
 
 def _validated(ckpt: Checkpoint) -> Checkpoint:
+    """Its config and data entry checked (types and ranges) before anything is built from them."""
     try:
-        ckpt.config
-    except TinydiffError as e:
+        validate(ckpt.config, ckpt.data.image_size)
+    except (TinydiffError, ValueError, TypeError) as e:
         raise TinydiffError(f"{ckpt.json_path} has an invalid config: {e}") from None
     return ckpt
 
@@ -219,11 +232,12 @@ def find_latest_checkpoint(root: str | Path = "runs") -> Path:
 def load_model(ckpt: Checkpoint, device="cpu", weights: str = "ema"):
     """Rebuild the backbone from the checkpoint's config and load its EMA ("ema") or training ("raw") weights,
     in eval mode."""
-    from .models import build_model
+    from .models import build_model, check_model_size
 
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     data = ckpt.data
+    check_model_size(ckpt.config.model, data.image_size, data.channels, data.num_classes, source=str(ckpt.json_path))
     model = build_model(ckpt.config.model, image_size=data.image_size, in_channels=data.channels,
                         num_classes=data.num_classes)
     prefix = "ema" if weights == "ema" else "model"

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .atomic import atomic_path, write_text_atomic
+from .atomic import write_text_atomic
+from .checkpoint import write_safetensors
 from .data import Split, default_data_dir, load_split, to_model_range
 
 FEATURE_DIM = 128
@@ -103,20 +104,32 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o200)
 
 
+def _load_cached(path: Path, meta_path: Path, log) -> tuple[Classifier, float] | None:
+    """The cached classifier, or None (and a line saying so) when the cache is damaged: it is then trained again.
+    Both files are written atomically, tensors first, so an eval killed while training leaves either no cache or
+    tensors without their JSON, which reads as no cache."""
+    try:
+        model = Classifier()
+        model.load_state_dict(load_file(str(path)))
+        accuracy = float(json.loads(meta_path.read_text())["test_accuracy"])
+    except Exception as e:  # safetensors' own error, OSError, JSON or key errors, a state dict that does not fit
+        log(f"the cached classifier at {path} is unreadable ({type(e).__name__}); training it again")
+        return None
+    return model, accuracy
+
+
 def get_classifier(dataset: str, data_dir: str | Path | None, device="cpu", log=print) -> TrainedClassifier:
     """Load the cached classifier for `dataset`, training and caching it first if there is none."""
     path = classifier_path(dataset, data_dir)
     meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        model = Classifier()
-        model.load_state_dict(load_file(str(path)))
-        accuracy = json.loads(meta_path.read_text())["test_accuracy"]
+    cached = _load_cached(path, meta_path, log) if path.exists() and meta_path.exists() else None
+    if cached is not None:
+        model, accuracy = cached
     else:
         log(f"training the {dataset} classifier used for FID and class accuracy (once; cached at {path})")
         train, test = load_split(dataset, data_dir, train=True), load_split(dataset, data_dir, train=False)
         model, accuracy = train_classifier(train, test, log=log)
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        write_safetensors(path, model.state_dict())
         write_text_atomic(meta_path, json.dumps({"dataset": dataset, "test_accuracy": accuracy,
                                                  "version": CLASSIFIER_VERSION}, indent=2))
         log(f"classifier test accuracy {accuracy:.4f}")

@@ -265,8 +265,10 @@ def compare(
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ):
-    """DDPM (all T steps) against every other sampler at several step counts, and distilled models: network
-    evaluations, time, speed-up, FID and class accuracy, and a plot of FID against evaluations and time."""
+    """DDPM (all T steps) against every other sampler at several step counts, and distilled models.
+
+    It reports network evaluations, time, speed-up, FID and class accuracy, and plots FID against evaluations and
+    time."""
     from .commands.common import SamplingOptions
     from .commands.compare import run_compare
 

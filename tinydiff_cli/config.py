@@ -224,10 +224,11 @@ def validate(cfg: Config, image_size: int = 28) -> Config:
         (0 <= m.dropout < 1, "model.dropout must be in [0, 1)"),
         (d.timesteps >= 20 if d.schedule == "linear" else d.timesteps >= 2,
          "diffusion.timesteps must be at least 20 for the linear schedule (its betas scale with 1000/T) and 2 otherwise"),
+        (d.timesteps <= 100_000, "diffusion.timesteps must be at most 100000"),
         (d.min_snr_gamma >= 0, "diffusion.min_snr_gamma must be >= 0 (0 turns it off)"),
         (0 <= d.p_uncond < 1, "diffusion.p_uncond must be in [0, 1)"),
         (t.batch_size >= 1, "train.batch_size must be at least 1"),
-        (t.lr > 0, "train.lr must be positive"),
+        (0 < t.lr <= 1000, "train.lr must be positive and at most 1000"),
         (t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0"),
         (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
         (t.epochs >= 1, "train.epochs must be at least 1"),
@@ -253,7 +254,8 @@ def model_checks(m: ModelConfig, image_size: int) -> list[tuple[bool, str]]:
              f"model.patch_size must divide the image size {image_size} (2, 4, 7 or 14 for 28x28), got {m.patch_size}"),
             (m.hidden_size > 0 and m.hidden_size % 4 == 0, "model.hidden_size must be a positive multiple of 4"),
             (m.heads >= 1 and m.hidden_size % m.heads == 0, f"model.heads must divide model.hidden_size ({m.hidden_size})"),
-            (m.depth >= 1, "model.depth must be at least 1"),
+            (1 <= m.depth <= 256, "model.depth must be between 1 and 256"),
+            (m.hidden_size <= 16384, "model.hidden_size must be at most 16384"),
             (m.mlp_ratio > 0, "model.mlp_ratio must be positive"),
         ]
     return [
@@ -263,7 +265,9 @@ def model_checks(m: ModelConfig, image_size: int) -> list[tuple[bool, str]]:
         (image_size % 2 ** (len(m.channel_mults) - 1) == 0,
          f"model.channel_mults has {len(m.channel_mults)} levels, but {image_size}x{image_size} images halve cleanly only "
          f"{_halvings(image_size)} times; use at most {_halvings(image_size) + 1} levels"),
-        (m.num_res_blocks >= 1, "model.num_res_blocks must be at least 1"),
+        (1 <= m.num_res_blocks <= 32, "model.num_res_blocks must be between 1 and 32"),
+        (m.base_channels * max(m.channel_mults, default=1) <= 16384, "model.base_channels times the largest of "
+         "model.channel_mults must be at most 16384"),
         (m.heads >= 1 and all((m.base_channels * c) % m.heads == 0 for c in m.channel_mults),
          "model.heads must divide the channel count of every level"),
     ]

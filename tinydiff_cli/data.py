@@ -5,6 +5,7 @@ indexing them (`to_model_range(images[idx])`), so no per-image Python or PIL wor
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ def load_split(dataset: str, data_dir: str | Path | None = None, train: bool = T
     cls = getattr(datasets, DATASETS[dataset])
     raw = root / DATASETS[dataset] / "raw"
     offline = os.environ.get("TINYDIFF_OFFLINE", "") not in ("", "0")
+    check_idx_files(raw, train)
     try:
         ds = cls(str(root), train=train, download=not offline)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError... for missing files
@@ -60,7 +62,52 @@ def load_split(dataset: str, data_dir: str | Path | None = None, train: bool = T
     images, labels = ds.data, ds.targets
     if images.dtype != torch.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise TinydiffError(f"{raw} holds images of shape {tuple(images.shape[1:])}, expected 28x28 uint8")
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < NUM_CLASSES):
+        raise TinydiffError(f"{raw} holds labels {int(labels.min())}..{int(labels.max())}, expected 0..{NUM_CLASSES - 1}; "
+                            f"the label file is damaged: copy it anew")
     return Split(images.contiguous(), labels.to(torch.int64).contiguous())
+
+
+# IDX files (LeCun's MNIST format): a big-endian magic of 0x08 (uint8 data) and the number of dimensions, then one
+# uint32 size per dimension, then the data.
+IDX_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def idx_shape(path: Path, ndim: int) -> tuple[int, ...]:
+    """The shape an uncompressed IDX file declares, after checking its magic number and its length."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    fix = "delete it (tinydiff downloads it again) or copy it anew"
+    if len(header) < 4 + 4 * ndim:
+        raise TinydiffError(f"{path} is truncated ({size} bytes, shorter than its header); {fix}")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != 0x0800 + ndim:
+        raise TinydiffError(f"{path} is not an IDX file of uint8 with {ndim} dimension{'s' if ndim > 1 else ''} "
+                            f"(magic number {magic:#010x}, expected {0x0800 + ndim:#010x}); {fix}")
+    shape = tuple(int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        raise TinydiffError(f"{path} is {state}: its header declares {shape} ({expected} bytes), the file has {size} "
+                            f"bytes; {fix}")
+    return shape
+
+
+def check_idx_files(raw: Path, train: bool) -> None:
+    """Damaged raw files get a message naming the file, not a parser's error: a wrong magic number, a truncated
+    file, images that are not 28x28, or image and label counts that disagree. Files that are absent are left to
+    torchvision (which downloads them, or fails and is reported as missing)."""
+    images_path, labels_path = (raw / name for name in IDX_FILES[train])
+    if not (images_path.exists() and labels_path.exists()):
+        return
+    images, labels = idx_shape(images_path, 3), idx_shape(labels_path, 1)
+    if images[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise TinydiffError(f"{images_path} holds images of {images[1]}x{images[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if images[0] != labels[0]:
+        raise TinydiffError(f"{images_path} holds {images[0]} images but {labels_path.name} holds {labels[0]} labels; "
+                            f"one of the two is from another set: copy both anew")
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -13,11 +13,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from . import __version__
 from .atomic import atomic_path
-from .checkpoint import MODEL_FORMAT
+from .checkpoint import MODEL_FORMAT, write_safetensors
 from .errors import TinydiffError
 from .pipeline import Pipeline
 
@@ -55,14 +54,13 @@ def export_safetensors(pipe: Pipeline, path: Path) -> Path:
                 "config": json.dumps(ckpt.meta["config"]), "data": json.dumps(ckpt.data.to_meta())}
     if ckpt.distilled is not None:  # a distilled student keeps its sampler, steps and w range
         metadata["distilled"] = json.dumps(ckpt.distilled.to_meta())
-    with atomic_path(path) as tmp:
-        save_file(weights, str(tmp), metadata=metadata)
+    write_safetensors(path, weights, metadata)
     return path
 
 
 def export_onnx(pipe: Pipeline, path: Path) -> Path:
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
-        raise TinydiffError("ONNX export needs the onnx extra: pip install 'tinydiff[onnx]'")
+        raise TinydiffError("ONNX export needs the onnx extra: pip install 'tinydiff[onnx]', or '.[onnx]' in a clone of the repository")
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis naming are not actionable for users
         torch.onnx.export(pipe.model, example_inputs(pipe), str(tmp), input_names=input_names(pipe),

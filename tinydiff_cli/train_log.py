@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import storage_errors
+
 CSV_FIELDS = ["step", "epoch", "train_loss", "eval_loss", "lr", "images_per_s", "elapsed_s", "fid", "fid_n", "class_acc"]
 
 
@@ -65,14 +67,15 @@ class TrainLog:
     resumed run drops the rows written after the checkpoint being resumed, so none is duplicated."""
 
     def __init__(self, path: Path, resume_step: int = 0):
-        rows = []
+        rows, self.path = [], Path(path)
         if path.exists() and resume_step > 0:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.file = open(path, "w", newline="", buffering=1)
-        self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
+        with storage_errors(path):
+            self.file = open(path, "w", newline="", buffering=1)
+            self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
+            self.writer.writeheader()
+            self.writer.writerows(rows)
 
     def write(self, *, step: int, epoch: float, lr: float, images_per_s: float, elapsed_s: float,
               train_loss: float | None = None, eval_loss: float | None = None, score=None) -> None:
@@ -86,10 +89,14 @@ class TrainLog:
         if score is not None:
             row.update(fid=f"{score.fid:.4f}", fid_n=score.n,
                        class_acc="" if score.class_accuracy is None else f"{score.class_accuracy:.4f}")
-        self.writer.writerow(row)
+        with storage_errors(self.path):
+            self.writer.writerow(row)
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the disk filled: the error that stopped the run has been raised already
+            pass
 
     def __enter__(self) -> "TrainLog":
         return self

@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .atomic import write_text_atomic
-from .checkpoint import Checkpoint, DataInfo, TrainState, save_checkpoint
+from .atomic import StorageError, write_text_atomic
+from .checkpoint import Checkpoint, DataInfo, TrainState, load_checkpoint, save_checkpoint
 from .config import Config, used_settings
 from .data import CHANNELS, CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, load_split, to_model_range
 from .ema import EMA
+from .errors import TinydiffError
 from .images import save_loss_plot
 from .losses import diffusion_loss
-from .models import build_model
+from .models import build_model, check_model_size
 from .pipeline import Pipeline, make_generator
 from .train_eval import SampleQuality, eval_loss, save_sample_grid
 from .train_log import LossWindow, PrintReporter, TrainLog
@@ -65,6 +66,7 @@ class Trainer:
         self.train_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=True).to(self.device)
         self.test_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=False).to(self.device)
         self.data = DataInfo(cfg.data.dataset, IMAGE_SIZE, CHANNELS, NUM_CLASSES, tuple(CLASS_NAMES[cfg.data.dataset]))
+        check_model_size(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES)
         self.model = build_model(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES).to(self.device)
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -115,11 +117,14 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def save(self, name: str, elapsed_s: float) -> Path:
+        """Write checkpoint `name` (atomically); never one with a NaN or infinite weight."""
+        tensors = self.state.tensors()
+        if not all(bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point()):
+            raise Diverged(self.step, "the weights are no longer finite (not saved)", self.cfg.train.lr)
         extra = {"epoch": self.step // self.steps_per_epoch, "elapsed_s": elapsed_s, "tinydiff_version": __version__,
                  "optimizer": self.state.optimizer_settings(),
                  "train_loss": self.last_train_loss, "eval_loss": self.last_eval_loss, "data": self.data.to_meta()}
-        return save_checkpoint(self.out_dir, name, config=self.cfg, step=self.step, tensors=self.state.tensors(),
-                               extra=extra)
+        return save_checkpoint(self.out_dir, name, config=self.cfg, step=self.step, tensors=tensors, extra=extra)
 
     def load_state(self, ckpt: Checkpoint) -> None:
         """Continue from a training checkpoint: its state (see TrainState), step, elapsed time and last losses."""
@@ -148,8 +153,12 @@ class Trainer:
                               min_snr_gamma=self.cfg.diffusion.min_snr_gamma, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or float("inf"))
+        # One host sync per step (free on a CPU): a non-finite loss or gradient stops the run before the update, so
+        # the weights, the optimizer moments and the EMA stay those of the last good step.
+        if not torch.isfinite(loss.detach() + grad_norm):
+            what = f"the loss is {loss.item():g}" if not loss.isfinite() else f"the gradient norm is {grad_norm.item():g}"
+            raise Diverged(self.step + 1, what, self.cfg.train.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -173,6 +182,36 @@ class Trainer:
         finally:
             self.previewing = False
 
+    @contextmanager
+    def failures_explained(self):
+        """A run ended by a full disk, a vanished folder or divergence stops the progress display and says which
+        checkpoint is the newest good one and how to go on from it."""
+        try:
+            yield
+        except (StorageError, Diverged) as e:
+            self.reporter.finish()
+            newest = self.newest_checkpoint()
+            if newest is None:
+                kept = "No checkpoint was written yet" + ("; start again with a lower --lr" if isinstance(e, Diverged) else "")
+            else:
+                path, step = newest
+                fix = "after freeing space" if isinstance(e, StorageError) else "with a lower learning rate"
+                lr = f" --lr {self.cfg.train.lr / 4:g}" if isinstance(e, Diverged) else ""
+                target = self.out_dir if path.name == "last.json" else path
+                kept = (f"The newest good checkpoint is {path} (step {step}); {fix}, continue with: "
+                        f"tinydiff train --resume {target}{lr}")
+            raise TinydiffError(f"{e}. {kept}") from None
+
+    def newest_checkpoint(self) -> tuple[Path, int] | None:
+        """(path, step) of the run folder's checkpoint with the highest step that loads, or None."""
+        found = []
+        for path in [self.out_dir / "last.json", *self.out_dir.glob("ckpt_*.json")]:
+            try:
+                found.append((load_checkpoint(path).step, path.name == "last.json", path))
+            except TinydiffError:
+                continue
+        return (max(found)[2], max(found)[0]) if found else None
+
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         t, out = self.cfg.train, self.out_dir
@@ -183,7 +222,7 @@ class Trainer:
         quality = SampleQuality(self.cfg, self.device, self.reporter.log)
         window, images_per_s = LossWindow(self.device), 0.0
         self.reporter.start(self.total_steps, self.step)
-        with TrainLog(out / "loss.csv", resume_step=self.step) as log, stop_on_signals(self):
+        with self.failures_explained(), TrainLog(out / "loss.csv", resume_step=self.step) as log, stop_on_signals(self):
             while not (stop_reason := self.stop_reason(elapsed())):
                 lr = lr_at(self.cfg, self.step, self.progress(elapsed()))
                 window.add(self.train_step(lr), t.batch_size)
@@ -221,6 +260,10 @@ class Trainer:
                         self.reporter.log(epoch_summary(round(epoch), self.step, self.last_train_loss,
                                                         self.last_eval_loss, grid))
 
+            if window.steps:  # the steps since the last logging window: the final progress line shows the end
+                loss, speed = window.close()
+                self.reporter.update(self.step, {"loss": loss, "lr": lr, "images_per_s": speed, "eta_s": 0.0,
+                                                 "elapsed_s": elapsed()})
             # still under the signal handlers: a Ctrl-C now cannot cut the final save short. `last` comes first, so
             # a Ctrl-C during the preview after it (slow on a busy machine) loses nothing and exits at once.
             # what `last` records: the run's time, without the previews after its last step
@@ -242,6 +285,15 @@ def epoch_summary(epoch: int, step: int, train_loss: float | None, eval_loss: fl
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     return (f"epoch {epoch}: step {step}, train loss {fmt(train_loss)}, eval loss {fmt(eval_loss)}"
             + (f", samples {grid}" if grid else ""))
+
+
+class Diverged(TinydiffError):
+    """The loss or the gradient of a step is NaN or infinite; nothing of that step was applied."""
+
+    def __init__(self, step: int, what: str, lr: float):
+        self.step = step
+        super().__init__(f"training diverged at step {step}: {what}. The usual cause is too high a learning rate "
+                         f"(train.lr = {lr:g}); with fp16, an overflow")
 
 
 class PreviewSkipped(KeyboardInterrupt):

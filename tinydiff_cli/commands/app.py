@@ -20,7 +20,7 @@ def streamlit_command(*, host: str, port: int, open_browser: bool) -> list[str]:
 
 def run_app(*, runs: Path, host: str, port: int, open_browser: bool) -> None:
     if importlib.util.find_spec("streamlit") is None:
-        raise TinydiffError("the app needs the app extra: pip install 'tinydiff[app]'")
+        raise TinydiffError("the app needs the app extra: pip install 'tinydiff[app]', or '.[app]' in a clone of the repository")
     if not 1 <= port <= 65535:
         raise TinydiffError(f"--port must be between 1 and 65535, got {port}")
     env = {**os.environ, "TINYDIFF_APP_RUNS": str(runs.resolve())}

@@ -12,6 +12,16 @@ from ..pipeline import Pipeline, resolve_sampling
 from ..samplers import sampler_timesteps
 
 
+# More images than any measurement here needs (FID is quoted at 5,000-50,000); a larger --n is a typo, and would
+# hold gigabytes of images in memory before the first is written.
+MAX_IMAGES = 200_000
+
+
+def check_at_most_max_images(n: int, flag: str = "--n") -> None:
+    if n > MAX_IMAGES:
+        raise TinydiffError(f"{flag} must be at most {MAX_IMAGES:,} images, got {n:,}")
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to draw: a sampler from the registry and its steps (both None: the model's default, see

@@ -15,7 +15,7 @@ from ..evaluation import Scorer
 from ..figures import frontier_chart, image_table
 from ..samplers import FULL_GRID_ONLY, SAMPLERS
 from ..ui import console, err_console, where
-from .common import SamplingOptions, check_output, load_pipeline, open_checkpoint, parse_digit, source_of
+from .common import SamplingOptions, check_at_most_max_images, check_output, load_pipeline, open_checkpoint, parse_digit, source_of
 
 
 def parse_steps(text: str, T: int) -> list[int]:
@@ -59,6 +59,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
         if student.data != ckpt.data:
             raise TinydiffError(f"--distilled {student.json_path} was trained on other data than {ckpt.json_path}")
         student.distilled.check(student.distilled.sampler, student.distilled.steps, options.w, options.eta)
+    check_at_most_max_images(n)
     if n < 2 or show < 1:
         raise TinydiffError("--n must be at least 2 and --show at least 1")
     choice = parse_digit(digit, ckpt.data.num_classes)

@@ -10,6 +10,7 @@ from ..device import describe, pick_device
 from ..distill import Distiller, DistillSettings, plan_stages, settings_of
 from ..errors import TinydiffError
 from ..ui import RichReporter, console, format_seconds, print_key_values
+from ..runlock import run_lock
 from .common import open_checkpoint, source_of
 from .train import holds_a_run
 
@@ -66,7 +67,8 @@ def run_distill(*, checkpoint: Path | None, settings: DistillSettings, out: Path
     console.print(f"stages {stages}")
     if distiller.stage_index:
         console.print(f"resuming at stage {distiller.stage_index + 1}, iteration {distiller.stage_step}")
-    result = distiller.run()
+    with run_lock(distiller.out_dir, "distill"):
+        result = distiller.run()
     print_key_values("distillation " + ("interrupted" if result.stop_reason == "interrupted" else "finished"),
                      [("stages done", f"{result.stage}/{len(distiller.stages)}"),
                       ("last loss", "n/a" if result.loss is None else f"{result.loss:.5f}"),

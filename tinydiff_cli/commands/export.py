@@ -27,7 +27,7 @@ def run_export(*, checkpoint: Path | None, fmt: str, out: Path | None) -> Path:
     if fmt == "onnx":
         export_onnx(pipe, out)
         error = check_onnx(pipe, out)
-        check = ("onnxruntime not installed: not checked (pip install 'tinydiff[onnx]')" if error is None
+        check = ("onnxruntime not installed: not checked (pip install 'tinydiff[onnx]', or '.[onnx]' in a clone of the repository)" if error is None
                  else f"onnxruntime vs PyTorch on random inputs: max abs error {error:.2e}")
     else:
         export_pt2(pipe, out)

@@ -15,11 +15,12 @@ from ..errors import TinydiffError
 from ..images import save_grid
 from ..pipeline import default_batch_size
 from ..ui import console, format_rate, where
-from .common import SamplingOptions, check_output, load_pipeline, open_checkpoint, parse_digit
+from .common import SamplingOptions, check_at_most_max_images, check_output, load_pipeline, open_checkpoint, parse_digit
 
 
 def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: SamplingOptions, out: Path, npz: Path | None,
                device: str, weights: str) -> None:
+    check_at_most_max_images(n)
     ckpt = open_checkpoint(checkpoint)
     choice = parse_digit(digit, ckpt.data.num_classes)
     if n < 1:

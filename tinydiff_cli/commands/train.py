@@ -11,6 +11,7 @@ from ..config import (Config, apply_overrides, apply_settings, config_from_dict,
                       used_settings, validate)
 from ..device import describe, pick_device
 from ..errors import TinydiffError
+from ..runlock import check_not_in_use, run_lock
 from ..training import Trainer
 from ..ui import RichReporter, console, format_seconds, print_key_values
 
@@ -47,7 +48,7 @@ def budget_on_resume(settings: dict, elapsed_s: float) -> dict:
     and lifts the old time budget, which would otherwise stop the run at once."""
     settings = dict(settings)
     if settings.get("train.max_minutes") is not None:
-        settings["train.max_minutes"] = elapsed_s / 60 + settings["train.max_minutes"]
+        settings["train.max_minutes"] = round(elapsed_s / 60 + settings["train.max_minutes"], 2)
     elif "train.max_steps" in settings or "train.epochs" in settings:
         settings["train.max_minutes"] = None
     return settings
@@ -58,6 +59,7 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
     if resume is None:
         cfg = validate(config_from_dict(apply_settings(apply_overrides(read_preset(preset), overrides), settings)))
         run_dir = out or default_run_dir(cfg)
+        check_not_in_use(run_dir)
         if holds_a_run(run_dir):
             raise TinydiffError(f"{run_dir} already holds a run; continue it with --resume (same dataset and model), "
                                 f"or pass --out DIR for a new one")
@@ -89,6 +91,11 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
 def run_train(*, preset: str, overrides: list[str], settings: dict, out: Path | None, device: str, resume: str | None) -> int:
     dev = pick_device(device)
     cfg, run_dir, ckpt = resolve_run(preset, overrides, settings, out, resume)
+    with run_lock(run_dir, "train"):
+        return _train(cfg, run_dir, ckpt, dev)
+
+
+def _train(cfg: Config, run_dir: Path, ckpt, dev) -> int:
     reporter = RichReporter()
     trainer = Trainer(cfg, run_dir, dev, reporter)  # loads the data first: a missing dataset is the first thing said
     console.print(f"[bold]device:[/] {describe(dev)}")

@@ -1,14 +1,19 @@
 """Backbones, built by name from a ModelConfig."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from ..errors import TinydiffError
 from .dit import DiT
 from .unet import UNet
 
-__all__ = ["BACKBONES", "DiT", "UNet", "build_model"]
+__all__ = ["BACKBONES", "DiT", "UNet", "build_model", "check_model_size", "parameter_count"]
 
 BACKBONES = ("unet", "dit")
+# 4 GB of float32 weights, 30x dit-base: more than any model for these datasets needs, so a config asking for more
+# is damaged or hostile, and is refused before anything is allocated.
+MAX_PARAMETERS = 1_000_000_000
 
 
 def build_model(model_cfg, image_size: int = 28, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
@@ -24,3 +29,18 @@ def build_model(model_cfg, image_size: int = 28, in_channels: int = 1, num_class
                    mlp_ratio=model_cfg.mlp_ratio, num_classes=num_classes, dropout=model_cfg.dropout,
                    guidance_input=model_cfg.guidance_input)
     raise ValueError(f"unknown model type {model_cfg.type!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def parameter_count(model_cfg, image_size: int = 28, in_channels: int = 1, num_classes: int = 10) -> int:
+    """Counted on the meta device, where no memory is allocated."""
+    with torch.device("meta"):
+        model = build_model(model_cfg, image_size, in_channels, num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_size(model_cfg, image_size: int = 28, in_channels: int = 1, num_classes: int = 10,
+                     source: str = "the config") -> None:
+    n = parameter_count(model_cfg, image_size, in_channels, num_classes)
+    if n > MAX_PARAMETERS:
+        raise TinydiffError(f"{source} asks for a {model_cfg.type} of {n / 1e6:,.0f}M parameters ({4 * n / 2**30:,.0f} GiB), "
+                            f"more than tinydiff builds ({MAX_PARAMETERS // 10**6:,}M); it is damaged or not a tinydiff model")
