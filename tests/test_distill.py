@@ -88,8 +88,8 @@ def test_a_halving_stage_learns_to_match_two_teacher_steps(tiny_run, tmp_path):
     assert (d.stage.kind, d.stage.steps) == ("halve", 2)
     before = mean_loss(d)
     d.generator.manual_seed(0)
-    for _ in range(80):
-        d.train_step(1e-3)
+    for _ in range(40):
+        d.train_step(2e-3)
     after = mean_loss(d)
     assert after < 0.7 * before, (before, after)
 
@@ -99,9 +99,10 @@ def test_guidance_stage_learns_the_guided_teacher(tiny_run, tmp_path):
     d = Distiller(load_checkpoint(run_dir), tiny_settings(), tmp_path / "d", "cpu")
     before = mean_loss(d)
     d.generator.manual_seed(0)
-    for _ in range(80):
-        d.train_step(1e-3)
-    assert mean_loss(d) < 0.7 * before
+    for _ in range(40):
+        d.train_step(2e-3)
+    after = mean_loss(d)
+    assert after < 0.7 * before, (before, after)
 
 
 class StopAt:

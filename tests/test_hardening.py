@@ -201,15 +201,16 @@ def test_a_live_run_refuses_a_second_trainer_sigterm_saves_and_a_killed_run_leav
     assert load_checkpoint(run).step == killed_at + 2
 
 
-def test_a_second_signal_aborts_at_once(data_dir, tmp_path):
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)])
+def test_ctrl_c_and_sigterm_ask_for_a_stop_and_a_second_signal_aborts_at_once(data_dir, tmp_path, first, second):
     from tinydiff_cli.training import stop_on_signals
 
     trainer = tiny_trainer(data_dir, tmp_path / "run")
     with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), first)
         time.sleep(0.1)
         assert trainer.stop_requested  # the first asks for a stop after the step, and a save
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), second)
         time.sleep(5)  # the second does not wait
     assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored
 
