@@ -93,6 +93,42 @@ def test_a_read_only_output_is_one_line_naming_the_path(tiny_run, tmp_path, monk
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
 
 
+def test_a_full_disk_while_logging_names_loss_csv(data_dir, tmp_path, monkeypatch):
+    import csv
+
+    run, real_writerow, rows = tmp_path / "run", csv.DictWriter.writerow, []
+
+    def writerow(self, row):
+        rows.append(row)
+        if len(rows) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writerow(self, row)
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", writerow)
+    with pytest.raises(TinydiffError, match=f"could not write {run / 'loss.csv'}: No space left on device"):
+        tiny_trainer(data_dir, run, "train.log_every=2").run()
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_a_run_folder_that_disappears_mid_run_is_made_again_with_last_saved(data_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    trainer = tiny_trainer(data_dir, run, "train.log_every=2", "train.checkpoint_every=1000")
+
+    class DeleteAfterStep3(Quiet):
+        def update(self, step, metrics):
+            if step == 3:
+                shutil.rmtree(run)
+
+    trainer.reporter = DeleteAfterStep3()
+    with pytest.raises(TinydiffError) as failure:
+        trainer.run()
+    assert f"the run folder {run} disappeared while training" in str(failure.value)
+    assert f"Continue with: tinydiff train --resume {run}" in str(failure.value)
+    assert load_checkpoint(run).step == 4  # nothing trained in memory was lost
+
+
 # ---- numbers -------------------------------------------------------------------------------------------------------
 def test_a_nan_loss_stops_at_that_step_and_nothing_non_finite_is_kept(data_dir, tmp_path, monkeypatch):
     import tinydiff_cli.training as training

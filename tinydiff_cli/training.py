@@ -188,8 +188,10 @@ class Trainer:
         checkpoint is the newest good one and how to go on from it."""
         try:
             yield
-        except (StorageError, Diverged) as e:
+        except TinydiffError as e:
             self.reporter.finish()
+            if not isinstance(e, (StorageError, Diverged)):
+                raise
             newest = self.newest_checkpoint()
             if newest is None:
                 kept = "No checkpoint was written yet" + ("; start again with a lower --lr" if isinstance(e, Diverged) else "")
@@ -229,6 +231,12 @@ class Trainer:
                 epoch, end_of_epoch = self.step / self.steps_per_epoch, self.step % self.steps_per_epoch == 0
                 metrics = None
                 if self.step % t.log_every == 0:
+                    if not out.is_dir():
+                        self.save("last", elapsed())  # atomic_path makes the folder again
+                        raise TinydiffError(
+                            f"the run folder {out} disappeared while training (deleted, or its disk unmounted); it was "
+                            f"made again and `last` (step {self.step}) saved in it, but loss.csv and the earlier "
+                            f"checkpoints are gone. Continue with: tinydiff train --resume {out}")
                     self.last_train_loss, images_per_s = window.close()
                     log.write(step=self.step, epoch=epoch, train_loss=self.last_train_loss, lr=lr,
                               images_per_s=images_per_s, elapsed_s=elapsed())
