@@ -29,6 +29,29 @@ class PrintReporter:
         pass
 
 
+class QuietReporter(PrintReporter):
+    """Progress output of a data-parallel rank other than 0: none."""
+
+    def start(self, total_steps: int, step: int, description: str = "train") -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+class NullLog:
+    """loss.csv on a rank other than 0: written by rank 0 alone."""
+
+    def write(self, **row) -> None:
+        pass
+
+    def __enter__(self) -> "NullLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 class LossWindow:
     """Sums the loss on the device and counts images between log points, so that the host waits for the
     device once per window instead of once per step."""
@@ -54,10 +77,12 @@ class LossWindow:
         finally:
             self.start += time.perf_counter() - start
 
-    def close(self) -> tuple[float, float]:
-        """(mean loss, images/s) of the window, and start the next one."""
+    def close(self, reduce=None) -> tuple[float, float]:
+        """(mean loss, images/s) of the window, and start the next one. `reduce(loss_sum, images)` combines the
+        window over data-parallel ranks (see Trainer.window_reduce)."""
         now = time.perf_counter()
-        result = (self.loss / max(self.steps, 1)).item(), self.images / max(now - self.start, 1e-9)
+        loss, images = (self.loss, self.images) if reduce is None else reduce(self.loss, self.images)
+        result = (loss / max(self.steps, 1)).item(), images / max(now - self.start, 1e-9)
         self.reset(now)
         return result
 

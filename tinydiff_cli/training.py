@@ -23,15 +23,16 @@ from . import __version__
 from .atomic import StorageError, write_text_atomic
 from .checkpoint import Checkpoint, DataInfo, TrainState, load_checkpoint, save_checkpoint
 from .config import Config, used_settings
+from .distributed import Dist, agree, mean_over_ranks
 from .data import CHANNELS, CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, load_split, to_model_range
 from .ema import EMA
 from .errors import TinydiffError
 from .images import save_loss_plot
-from .losses import diffusion_loss
+from .losses import diffusion_loss, draw_noise
 from .models import build_model, check_model_size
 from .pipeline import Pipeline, make_generator
 from .train_eval import SampleQuality, eval_loss, save_sample_grid
-from .train_log import LossWindow, PrintReporter, TrainLog
+from .train_log import LossWindow, NullLog, PrintReporter, QuietReporter, TrainLog
 
 
 @dataclass
@@ -59,15 +60,23 @@ class Trainer:
     """Holds a run's data (in memory, on the device), model, EMA copy, optimizer and RNG stream; `train_step` is one
     optimizer step and `run` the loop."""
 
-    def __init__(self, cfg: Config, out_dir: str | Path, device: torch.device, reporter=None):
-        self.cfg, self.out_dir, self.device = cfg, Path(out_dir), torch.device(device)
-        self.reporter = reporter or PrintReporter()
+    def __init__(self, cfg: Config, out_dir: str | Path, device: torch.device, reporter=None, dist: Dist = Dist()):
+        self.cfg, self.out_dir, self.device, self.dist = cfg, Path(out_dir), torch.device(device), dist
+        dist.check_batch(cfg.train.batch_size)
+        self.reporter = (reporter or PrintReporter()) if dist.is_main else QuietReporter()  # rank 0 alone speaks
         torch.manual_seed(cfg.train.seed)
         self.train_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=True).to(self.device)
         self.test_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=False).to(self.device)
         self.data = DataInfo(cfg.data.dataset, IMAGE_SIZE, CHANNELS, NUM_CLASSES, tuple(CLASS_NAMES[cfg.data.dataset]))
         check_model_size(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES)
         self.model = build_model(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES).to(self.device)
+        # Under torchrun the forward and backward go through DDP, which averages the gradients over the ranks; the
+        # EMA, the optimizer and the checkpoints hold the plain module.
+        self.net = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.ema_pipeline = Pipeline.from_model(self.ema.ema_model, cfg, self.data)  # previews and evals
@@ -123,7 +132,8 @@ class Trainer:
             raise Diverged(self.step, "the weights are no longer finite (not saved)", self.cfg.train.lr)
         extra = {"epoch": self.step // self.steps_per_epoch, "elapsed_s": elapsed_s, "tinydiff_version": __version__,
                  "optimizer": self.state.optimizer_settings(),
-                 "train_loss": self.last_train_loss, "eval_loss": self.last_eval_loss, "data": self.data.to_meta()}
+                 "train_loss": self.last_train_loss, "eval_loss": self.last_eval_loss, "data": self.data.to_meta(),
+                 "world_size": self.dist.world_size}
         return save_checkpoint(self.out_dir, name, config=self.cfg, step=self.step, tensors=tensors, extra=extra)
 
     def load_state(self, ckpt: Checkpoint) -> None:
@@ -142,21 +152,26 @@ class Trainer:
             g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
             self._permutation = (epoch, torch.randperm(len(self.train_split), generator=g).to(self.device))
         bs = self.cfg.train.batch_size
-        idx = self._permutation[1][within * bs:(within + 1) * bs]
+        idx = self._permutation[1][within * bs:(within + 1) * bs][self.dist.rows(bs)]  # this rank's rows
         return to_model_range(self.train_split.images[idx]), self.train_split.labels[idx]
 
     def train_step(self, lr: float) -> torch.Tensor:
         x0, labels = self.batch(self.step)
-        drop = torch.rand(labels.shape, device=self.device, generator=self.generator) < self.cfg.diffusion.p_uncond
+        # Label dropout, timesteps and noise are drawn for the whole global batch, in one order from one stream, and
+        # each rank keeps its rows: so N ranks compute what one process computes with the same global batch.
+        bs, rows, g = self.cfg.train.batch_size, self.dist.rows(self.cfg.train.batch_size), self.generator
+        drop = (torch.rand(bs, device=self.device, generator=g) < self.cfg.diffusion.p_uncond)[rows]
         labels = torch.where(drop, torch.full_like(labels, NUM_CLASSES), labels)  # label dropout to the null class
-        loss = diffusion_loss(self.model, self.schedule, self.parameterization, x0, labels,
-                              min_snr_gamma=self.cfg.diffusion.min_snr_gamma, generator=self.generator)
+        t, eps = draw_noise(self.schedule, (bs, *x0.shape[1:]), self.device, g)
+        loss = diffusion_loss(self.net, self.schedule, self.parameterization, x0, labels,
+                              min_snr_gamma=self.cfg.diffusion.min_snr_gamma, noise=(t[rows], eps[rows]))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or float("inf"))
         # One host sync per step (free on a CPU): a non-finite loss or gradient stops the run before the update, so
-        # the weights, the optimizer moments and the EMA stay those of the last good step.
-        if not torch.isfinite(loss.detach() + grad_norm):
+        # the weights, the optimizer moments and the EMA stay those of the last good step. Under DDP the gradient
+        # norm is the same on every rank (a NaN anywhere reaches all through the all-reduce), so all stop together.
+        if not torch.isfinite(grad_norm if self.dist.enabled else loss.detach() + grad_norm):
             what = f"the loss is {loss.item():g}" if not loss.isfinite() else f"the gradient norm is {grad_norm.item():g}"
             raise Diverged(self.step + 1, what, self.cfg.train.lr)
         for group in self.optimizer.param_groups:
@@ -165,6 +180,10 @@ class Trainer:
         self.step += 1
         self.ema.update(self.model, self.step)
         return loss.detach()
+
+    def window_reduce(self, loss_sum: torch.Tensor, images: int) -> tuple[torch.Tensor, int]:
+        """A logging window's loss and images over all ranks: the global batch's mean loss and the job's images/s."""
+        return mean_over_ranks(self.dist, loss_sum), images * self.dist.world_size
 
     def request_stop(self) -> None:
         """Stop after the current step and save `last` (what Ctrl-C does)."""
@@ -188,21 +207,32 @@ class Trainer:
         checkpoint is the newest good one and how to go on from it."""
         try:
             yield
+        except RuntimeError as e:  # under DDP: a collective failed because another rank died or hung
+            if not self.dist.enabled:
+                raise
+            self.reporter.finish()
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise TinydiffError(f"another process of this {self.dist.world_size}-process job failed or was killed "
+                                f"({first_line}). {self.how_to_continue('start the job again')}") from None
         except TinydiffError as e:
             self.reporter.finish()
             if not isinstance(e, (StorageError, Diverged)):
                 raise
-            newest = self.newest_checkpoint()
-            if newest is None:
-                kept = "No checkpoint was written yet" + ("; start again with a lower --lr" if isinstance(e, Diverged) else "")
-            else:
-                path, step = newest
-                fix = "after freeing space" if isinstance(e, StorageError) else "with a lower learning rate"
-                lr = f" --lr {self.cfg.train.lr / 4:g}" if isinstance(e, Diverged) else ""
-                target = self.out_dir if path.name == "last.json" else path
-                kept = (f"The newest good checkpoint is {path} (step {step}); {fix}, continue with: "
-                        f"tinydiff train --resume {target}{lr}")
-            raise TinydiffError(f"{e}. {kept}") from None
+            fix = "after freeing space" if isinstance(e, StorageError) else "with a lower learning rate"
+            lr = f" --lr {self.cfg.train.lr / 4:g}" if isinstance(e, Diverged) else ""
+            raise TinydiffError(f"{e}. {self.how_to_continue(fix, lr)}") from None
+
+    def how_to_continue(self, fix: str, extra_flags: str = "") -> str:
+        """Which checkpoint is the newest good one, and the command that continues from it."""
+        newest = self.newest_checkpoint()
+        if newest is None:
+            return "No checkpoint was written yet" + ("; start again with a lower --lr" if "--lr" in extra_flags else "")
+        path, step = newest
+        target = self.out_dir if path.name == "last.json" else path
+        launcher = f"torchrun --nproc_per_node {self.dist.world_size} -m tinydiff_cli train" if self.dist.enabled \
+            else "tinydiff train"
+        return (f"The newest good checkpoint is {path} (step {step}); {fix}, continue with: "
+                f"{launcher} --resume {target}{extra_flags}")
 
     def newest_checkpoint(self) -> tuple[Path, int] | None:
         """(path, step) of the run folder's checkpoint with the highest step that loads, or None."""
@@ -216,34 +246,45 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        t, out = self.cfg.train, self.out_dir
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.yaml", _yaml(used_settings(self.cfg)))
+        t, out, main = self.cfg.train, self.out_dir, self.dist.is_main  # rank 0 alone writes (see distributed.py)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "config.yaml", _yaml(used_settings(self.cfg)))
         start_step, saved_step, saved_s, session_start = self.step, None, 0.0, time.perf_counter()
         elapsed = lambda: self.elapsed_before + time.perf_counter() - session_start  # noqa: E731  across resumes
         quality = SampleQuality(self.cfg, self.device, self.reporter.log)
         window, images_per_s = LossWindow(self.device), 0.0
         self.reporter.start(self.total_steps, self.step)
-        with self.failures_explained(), TrainLog(out / "loss.csv", resume_step=self.step) as log, stop_on_signals(self):
-            while not (stop_reason := self.stop_reason(elapsed())):
-                lr = lr_at(self.cfg, self.step, self.progress(elapsed()))
+        log = TrainLog(out / "loss.csv", resume_step=self.step) if main else NullLog()
+        # the signal handlers outermost: a SIGTERM (torchrun sends one when another rank dies) cannot cut short the
+        # message that explains a failure
+        with stop_on_signals(self), self.failures_explained(), log:
+            while True:
+                stop_reason, lr = self.stop_reason(elapsed()), lr_at(self.cfg, self.step, self.progress(elapsed()))
+                stop, lr = agree(self.dist, bool(stop_reason), lr, self.device)  # every rank stops at the same step
+                if stop:
+                    stop_reason = stop_reason or "interrupted"  # another rank was
+                    break
+                step_lr = lr
                 window.add(self.train_step(lr), t.batch_size)
                 epoch, end_of_epoch = self.step / self.steps_per_epoch, self.step % self.steps_per_epoch == 0
                 metrics = None
                 if self.step % t.log_every == 0:
-                    if not out.is_dir():
+                    if main and not out.is_dir():
                         self.save("last", elapsed())  # atomic_path makes the folder again
                         raise TinydiffError(
                             f"the run folder {out} disappeared while training (deleted, or its disk unmounted); it was "
                             f"made again and `last` (step {self.step}) saved in it, but loss.csv and the earlier "
                             f"checkpoints are gone. Continue with: tinydiff train --resume {out}")
-                    self.last_train_loss, images_per_s = window.close()
+                    self.last_train_loss, images_per_s = window.close(self.window_reduce)
                     log.write(step=self.step, epoch=epoch, train_loss=self.last_train_loss, lr=lr,
                               images_per_s=images_per_s, elapsed_s=elapsed())
                     metrics = {"loss": self.last_train_loss, "lr": lr, "images_per_s": images_per_s,
                                "eta_s": self.eta_seconds(images_per_s, elapsed()), "elapsed_s": elapsed()}
                 self.reporter.update(self.step, metrics)
 
+                if not main:
+                    continue  # the others wait for rank 0's checkpoints, evals and grids in the next all-reduce
                 with window.paused():
                     if self.step % t.checkpoint_every == 0:
                         self.save(f"ckpt_{self.step:07d}", elapsed())
@@ -269,19 +310,20 @@ class Trainer:
                                                         self.last_eval_loss, grid))
 
             if window.steps:  # the steps since the last logging window: the final progress line shows the end
-                loss, speed = window.close()
-                self.reporter.update(self.step, {"loss": loss, "lr": lr, "images_per_s": speed, "eta_s": 0.0,
+                loss, speed = window.close(self.window_reduce)
+                self.reporter.update(self.step, {"loss": loss, "lr": step_lr, "images_per_s": speed, "eta_s": 0.0,
                                                  "elapsed_s": elapsed()})
             # still under the signal handlers: a Ctrl-C now cannot cut the final save short. `last` comes first, so
             # a Ctrl-C during the preview after it (slow on a busy machine) loses nothing and exits at once.
             # what `last` records: the run's time, without the previews after its last step
             end_s = saved_s if self.step == saved_step else elapsed()
-            if self.step not in (saved_step, start_step):
+            if main and self.step not in (saved_step, start_step):
                 self.save("last", end_s)
                 if stop_reason != "interrupted":  # a user who pressed Ctrl-C wants out, not a preview
                     with self.skippable("final sample grid"):
                         save_sample_grid(self.ema_pipeline, out / "samples" / "final.png", self.cfg)
-        save_loss_plot(out / "loss.csv", out / "loss.png")
+        if main:
+            save_loss_plot(out / "loss.csv", out / "loss.png")
         self.reporter.finish()
         if self.step == start_step:
             self.reporter.log(f"nothing to train: {stop_reason}")

@@ -1,6 +1,7 @@
 """`tinydiff train`: resolve the config (preset or checkpoint, then overrides), build a Trainer, report."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import yaml
 from ..checkpoint import load_checkpoint
 from ..config import (Config, apply_overrides, apply_settings, config_from_dict, config_to_dict, read_preset,
                       used_settings, validate)
-from ..device import describe, pick_device
+from ..device import describe
+from ..distributed import Dist, close_distributed, init_distributed
 from ..errors import TinydiffError
 from ..runlock import check_not_in_use, run_lock
 from ..training import Trainer
@@ -54,13 +56,16 @@ def budget_on_resume(settings: dict, elapsed_s: float) -> dict:
     return settings
 
 
-def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | None, resume: str | None):
-    """-> (config, run folder, checkpoint to resume or None)."""
+def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | None, resume: str | None,
+                is_main: bool = True):
+    """-> (config, run folder, checkpoint to resume or None). Under torchrun only rank 0 checks the folder (the
+    others could see what rank 0 has begun to write there)."""
     if resume is None:
         cfg = validate(config_from_dict(apply_settings(apply_overrides(read_preset(preset), overrides), settings)))
         run_dir = out or default_run_dir(cfg)
-        check_not_in_use(run_dir)
-        if holds_a_run(run_dir):
+        if is_main:
+            check_not_in_use(run_dir)
+        if is_main and holds_a_run(run_dir):
             raise TinydiffError(f"{run_dir} already holds a run; continue it with --resume (same dataset and model), "
                                 f"or pass --out DIR for a new one")
         return cfg, run_dir, None
@@ -89,21 +94,30 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
 
 
 def run_train(*, preset: str, overrides: list[str], settings: dict, out: Path | None, device: str, resume: str | None) -> int:
-    dev = pick_device(device)
-    cfg, run_dir, ckpt = resolve_run(preset, overrides, settings, out, resume)
-    with run_lock(run_dir, "train"):
-        return _train(cfg, run_dir, ckpt, dev)
+    dist, dev = init_distributed(device)  # a process group under torchrun; nothing otherwise
+    console.quiet = not dist.is_main  # rank 0 alone prints
+    try:
+        cfg, run_dir, ckpt = resolve_run(preset, overrides, settings, out, resume, is_main=dist.is_main)
+        with run_lock(run_dir, "train") if dist.is_main else contextlib.nullcontext():
+            return _train(cfg, run_dir, ckpt, dev, dist)
+    finally:
+        close_distributed(dist)
 
 
-def _train(cfg: Config, run_dir: Path, ckpt, dev) -> int:
+def _train(cfg: Config, run_dir: Path, ckpt, dev, dist: Dist) -> int:
     reporter = RichReporter()
-    trainer = Trainer(cfg, run_dir, dev, reporter)  # loads the data first: a missing dataset is the first thing said
-    console.print(f"[bold]device:[/] {describe(dev)}")
+    trainer = Trainer(cfg, run_dir, dev, reporter, dist)  # loads the data first: a missing dataset is the first thing said
+    parallel = f"; {dist.world_size} processes (DDP), global batch {cfg.train.batch_size}" if dist.enabled else ""
+    console.print(f"[bold]device:[/] {describe(dev)}{parallel}")
     console.print("[bold]config:[/]")
     console.print(yaml.safe_dump(used_settings(cfg), sort_keys=False).rstrip(), highlight=False)
     if ckpt is not None:
         trainer.load_state(ckpt)
         console.print(f"resuming from {ckpt.json_path} at step {trainer.step}")
+        saved_by = int(ckpt.meta.get("world_size", 1))
+        if saved_by != dist.world_size:
+            console.print(f"it was trained by {saved_by} process{'es' if saved_by > 1 else ''}, now {dist.world_size}: "
+                          f"the global batch ({cfg.train.batch_size}) and the data order carry on unchanged")
     n_params = sum(p.numel() for p in trainer.model.parameters())
     console.print(f"model: {cfg.model.type}, {n_params / 1e6:.2f}M parameters; {len(trainer.train_split)} training images, "
                   f"{trainer.steps_per_epoch} steps per epoch; run folder {run_dir}")
