@@ -48,6 +48,9 @@ DigitOption = Annotated[str, typer.Option("--digit", help="Class 0-9, 'all' (cla
 SampleBatchOption = Annotated[Optional[int], typer.Option(
     "--batch-size", help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")]
+PrecisionOption = Annotated[Optional[str], typer.Option(
+    "--precision", help="fp32, bf16 or fp16 (autocast; fp16 training uses a grad scaler) or auto: bf16 on a GPU that supports it, else fp32. \\[default: auto]")]
+CompileOption = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model (slow to start; pays off on long runs and GPUs). \\[default: no]")]
 
 
 # The sampler flags of `sample`, `eval` and `visualize denoise`: name -> (declaration, default).
@@ -125,13 +128,19 @@ def train(
     device: DeviceOption = "auto",
     eval_every: Annotated[Optional[int], typer.Option(help="Every N steps, log FID and class accuracy of train.eval_samples samples.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue a run: --resume alone takes <out>/last, or give a checkpoint or run folder.")] = None,
+    precision: PrecisionOption = None,
+    compile_: CompileOption = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting, e.g. --set train.lr=3e-4 (repeatable).")] = None,
 ):
-    """Train a class-conditional diffusion model; writes checkpoints, loss.csv/png and sample grids."""
+    """Train a class-conditional diffusion model; writes checkpoints, loss.csv/png and sample grids.
+
+    Under torchrun (torchrun --nproc_per_node N -m tinydiff_cli train ...) it trains data-parallel: the batch size is
+    the global batch, and rank 0 writes."""
     from .commands.train import run_train
 
     flags = {"data.dataset": dataset, "data.data_dir": data_dir, "train.epochs": epochs, "train.max_steps": max_steps,
-             "train.max_minutes": max_minutes, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed, "train.eval_every": eval_every}
+             "train.max_minutes": max_minutes, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
+             "train.eval_every": eval_every, "train.precision": precision, "train.compile": compile_}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
     code = run_train(preset=preset, overrides=list(set_ or []), settings=settings, out=out, device=device, resume=resume)
     raise typer.Exit(code)
@@ -150,12 +159,14 @@ def sample(
     batch_size: SampleBatchOption = None,
     device: DeviceOption = "auto",
     raw_weights: Annotated[bool, typer.Option("--raw-weights", help="Use the raw training weights instead of the EMA weights.")] = False,
+    precision: PrecisionOption = None,
+    compile_: CompileOption = None,
 ):
     """Sample a grid (and optionally an .npz) from a trained checkpoint."""
     from .commands.sample import run_sample
 
     run_sample(checkpoint=checkpoint, digit=digit, n=n, options=options, out=out, npz=npz, device=device,
-               weights="raw" if raw_weights else "ema")
+               weights="raw" if raw_weights else "ema", precision=precision or "auto", compile=bool(compile_))
 
 
 @app.command("eval")

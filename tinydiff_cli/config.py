@@ -78,6 +78,8 @@ class TrainConfig:
     sample_steps: int = 20  # DDIM steps for the per-epoch sample grid
     sample_w: float = 1.0
     sample_rows: int = 4
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto: bf16 on a GPU that has it, else fp32
+    compile: bool = False  # torch.compile the model
 
 
 @dataclass

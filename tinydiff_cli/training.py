@@ -31,6 +31,7 @@ from .images import save_loss_plot
 from .losses import diffusion_loss, draw_noise
 from .models import build_model, check_model_size
 from .pipeline import Pipeline, make_generator
+from .precision import grad_scaler, prepare, resolve_precision
 from .train_eval import SampleQuality, eval_loss, save_sample_grid
 from .train_log import LossWindow, NullLog, PrintReporter, QuietReporter, TrainLog
 
@@ -72,11 +73,14 @@ class Trainer:
         self.model = build_model(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES).to(self.device)
         # Under torchrun the forward and backward go through DDP, which averages the gradients over the ranks; the
         # EMA, the optimizer and the checkpoints hold the plain module.
-        self.net = self.model
+        self.precision = cfg.train.precision if cfg.train.precision != "auto" else resolve_precision("auto", self.device)
+        self.net = prepare(self.model, self.precision, cfg.train.compile)  # autocast and torch.compile, as asked
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.net = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.scaler = grad_scaler(self.precision, self.device)  # fp16 only
+        self.overflow_streak, self.fp16_patience = 0, 20  # fp16 steps in a row whose gradients overflowed
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.ema_pipeline = Pipeline.from_model(self.ema.ema_model, cfg, self.data)  # previews and evals
@@ -133,12 +137,15 @@ class Trainer:
         extra = {"epoch": self.step // self.steps_per_epoch, "elapsed_s": elapsed_s, "tinydiff_version": __version__,
                  "optimizer": self.state.optimizer_settings(),
                  "train_loss": self.last_train_loss, "eval_loss": self.last_eval_loss, "data": self.data.to_meta(),
-                 "world_size": self.dist.world_size}
+                 "world_size": self.dist.world_size,
+                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
         return save_checkpoint(self.out_dir, name, config=self.cfg, step=self.step, tensors=tensors, extra=extra)
 
     def load_state(self, ckpt: Checkpoint) -> None:
         """Continue from a training checkpoint: its state (see TrainState), step, elapsed time and last losses."""
         self.state.restore(ckpt)
+        if self.scaler is not None and ckpt.meta.get("grad_scaler"):
+            self.scaler.load_state_dict(ckpt.meta["grad_scaler"])
         self.step = ckpt.step
         self.elapsed_before = float(ckpt.meta.get("elapsed_s", 0.0))
         self.last_train_loss, self.last_eval_loss = ckpt.meta.get("train_loss"), ckpt.meta.get("eval_loss")
@@ -166,20 +173,38 @@ class Trainer:
         loss = diffusion_loss(self.net, self.schedule, self.parameterization, x0, labels,
                               min_snr_gamma=self.cfg.diffusion.min_snr_gamma, noise=(t[rows], eps[rows]))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:  # fp16: scale the loss so that small gradients do not underflow
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or float("inf"))
-        # One host sync per step (free on a CPU): a non-finite loss or gradient stops the run before the update, so
-        # the weights, the optimizer moments and the EMA stay those of the last good step. Under DDP the gradient
-        # norm is the same on every rank (a NaN anywhere reaches all through the all-reduce), so all stop together.
-        if not torch.isfinite(grad_norm if self.dist.enabled else loss.detach() + grad_norm):
-            what = f"the loss is {loss.item():g}" if not loss.isfinite() else f"the gradient norm is {grad_norm.item():g}"
-            raise Diverged(self.step + 1, what, self.cfg.train.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.fp16_step(grad_norm)
+        else:
+            # One host sync per step (free on a CPU): a non-finite loss or gradient stops the run before the update,
+            # so the weights, the optimizer moments and the EMA stay those of the last good step. Under DDP the
+            # gradient norm is the same on every rank (a NaN anywhere reaches all through the all-reduce).
+            if not torch.isfinite(grad_norm if self.dist.enabled else loss.detach() + grad_norm):
+                what = f"the loss is {loss.item():g}" if not loss.isfinite() else f"the gradient norm is {grad_norm.item():g}"
+                raise Diverged(self.step + 1, what, self.cfg.train.lr)
+            self.optimizer.step()
         self.step += 1
         self.ema.update(self.model, self.step)
         return loss.detach()
+
+    def fp16_step(self, grad_norm: torch.Tensor) -> None:
+        """The GradScaler's step: an overflowed gradient skips the update and halves the scale, which is its normal
+        working; `fp16_patience` skips in a row mean the numbers have left fp16's range for good."""
+        patience = self.fp16_patience
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.overflow_streak = 0 if bool(torch.isfinite(grad_norm)) else self.overflow_streak + 1
+        if self.overflow_streak >= patience:
+            raise Diverged(self.step + 1, f"the fp16 gradients overflowed {patience} steps in a row (loss scale "
+                                          f"{self.scaler.get_scale():g})", self.cfg.train.lr)
 
     def window_reduce(self, loss_sum: torch.Tensor, images: int) -> tuple[torch.Tensor, int]:
         """A logging window's loss and images over all ranks: the global batch's mean loss and the job's images/s."""

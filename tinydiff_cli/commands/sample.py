@@ -14,12 +14,13 @@ from ..device import describe
 from ..errors import TinydiffError
 from ..images import save_grid
 from ..pipeline import default_batch_size
+from ..precision import prepare, resolve_precision
 from ..ui import console, format_rate, where
 from .common import SamplingOptions, check_at_most_max_images, check_output, load_pipeline, open_checkpoint, parse_digit
 
 
 def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: SamplingOptions, out: Path, npz: Path | None,
-               device: str, weights: str) -> None:
+               device: str, weights: str, precision: str = "auto", compile: bool = False) -> None:
     check_at_most_max_images(n)
     ckpt = open_checkpoint(checkpoint)
     choice = parse_digit(digit, ckpt.data.num_classes)
@@ -28,9 +29,12 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
     options = options.resolve(ckpt)
     check_output(out, npz)
     pipe = load_pipeline(ckpt, device, weights)
+    precision = resolve_precision(precision, pipe.device)
+    pipe.model = prepare(pipe.model, precision, compile)
     labels = pipe.labels(choice, n)
     console.print(f"checkpoint {ckpt.json_path} (step {ckpt.step}, {'EMA' if weights == 'ema' else 'raw'} weights); "
-                  f"{pipe.describe_sampler(options.sampler, options.steps, options.eta)}, w={options.w:g}, device {describe(pipe.device)}")
+                  f"{pipe.describe_sampler(options.sampler, options.steps, options.eta)}, w={options.w:g}, device {describe(pipe.device)}, "
+                  f"{precision}" + (", compiled" if compile else ""))
 
     batches = math.ceil(n / (options.batch_size or default_batch_size(pipe.device)))
     with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:

@@ -13,6 +13,7 @@ from ..config import (Config, apply_overrides, apply_settings, config_from_dict,
 from ..device import describe
 from ..distributed import Dist, close_distributed, init_distributed
 from ..errors import TinydiffError
+from ..precision import resolve_precision
 from ..runlock import check_not_in_use, run_lock
 from ..training import Trainer
 from ..ui import RichReporter, console, format_seconds, print_key_values
@@ -105,10 +106,12 @@ def run_train(*, preset: str, overrides: list[str], settings: dict, out: Path | 
 
 
 def _train(cfg: Config, run_dir: Path, ckpt, dev, dist: Dist) -> int:
+    resolve_precision(cfg.train.precision, dev)  # a precision the device cannot run well is refused before anything
     reporter = RichReporter()
     trainer = Trainer(cfg, run_dir, dev, reporter, dist)  # loads the data first: a missing dataset is the first thing said
     parallel = f"; {dist.world_size} processes (DDP), global batch {cfg.train.batch_size}" if dist.enabled else ""
-    console.print(f"[bold]device:[/] {describe(dev)}{parallel}")
+    compiled = ", compiled" if cfg.train.compile else ""
+    console.print(f"[bold]device:[/] {describe(dev)}, {trainer.precision}{compiled}{parallel}")
     console.print("[bold]config:[/]")
     console.print(yaml.safe_dump(used_settings(cfg), sort_keys=False).rstrip(), highlight=False)
     if ckpt is not None:
