@@ -207,8 +207,9 @@ class Trainer:
                                           f"{self.scaler.get_scale():g})", self.cfg.train.lr)
 
     def window_reduce(self, loss_sum: torch.Tensor, images: int) -> tuple[torch.Tensor, int]:
-        """A logging window's loss and images over all ranks: the global batch's mean loss and the job's images/s."""
-        return mean_over_ranks(self.dist, loss_sum), images * self.dist.world_size
+        """A logging window's loss over all ranks (the global batch's mean). Its images are already the job's: each
+        rank counts the global batch of every step."""
+        return mean_over_ranks(self.dist, loss_sum), images
 
     def request_stop(self) -> None:
         """Stop after the current step and save `last` (what Ctrl-C does)."""
