@@ -134,7 +134,8 @@ def _train(cfg: Config, run_dir: Path, ckpt, dev, dist: Dist) -> int:
         console.print("to train longer, resume with --max-minutes M (M more minutes), --max-steps N or --epochs N "
                       "(a new end; the old time budget then no longer applies)")
     if result.stop_reason == "interrupted":
-        console.print(f"interrupted at step {result.step}; continue with: tinydiff train --resume {result.checkpoint}")
+        launcher = f"torchrun --nproc_per_node {dist.world_size} -m tinydiff_cli train" if dist.enabled else "tinydiff train"
+        console.print(f"interrupted at step {result.step}; continue with: {launcher} --resume {result.checkpoint}")
         return 130
     return 0
 
