@@ -11,6 +11,7 @@ A single process started without torchrun never touches torch.distributed.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,9 +21,10 @@ from .device import pick_device
 from .errors import TinydiffError
 
 # How long a rank waits for the others in one collective before the job ends with an error: long enough for rank 0's
-# evals and sample grids (the others wait for it in the next step's all-reduce), short enough that a dead rank
-# does not leave the rest hanging for DDP's default 30 minutes. TINYDIFF_DIST_TIMEOUT_S overrides it.
-DEFAULT_TIMEOUT_S = 300
+# evals and sample grids (the others wait for it in the next step's all-reduce; the first FID eval on a CPU trains
+# the classifier), short enough that a hung rank does not hold the rest for DDP's default 30 minutes. A rank that
+# dies is noticed at once (its connections close) and torchrun ends the job. TINYDIFF_DIST_TIMEOUT_S overrides it.
+DEFAULT_TIMEOUT_S = 900
 
 
 @dataclass(frozen=True)
@@ -82,16 +84,52 @@ def close_distributed(d: Dist) -> None:
             tdist.destroy_process_group()
 
 
-def agree(d: Dist, stop: bool, lr: float, device: torch.device) -> tuple[bool, float]:
-    """One all-reduce of two numbers: stop if any rank must (a signal reached it, or rank 0's budget ran out), and
-    use rank 0's learning rate (it follows rank 0's clock under a time budget)."""
+def agree(d: Dist, rank_stops: bool, interrupted: bool, lr: float, device: torch.device) -> tuple[bool, bool, float]:
+    """One all-reduce of three numbers -> (stop, interrupted anywhere, learning rate). Every rank stops when one was
+    interrupted (a signal) or rank 0 says so (the step limit, or its clock under a time budget: only rank 0's clock
+    counts, so ranks whose clocks differ cannot disagree); all take rank 0's learning rate (it follows that clock)."""
     if not d.enabled:
-        return stop, lr
+        return rank_stops, interrupted, lr
     import torch.distributed as tdist
 
-    flags = torch.tensor([1.0 if stop else 0.0, lr if d.is_main else 0.0], dtype=torch.float64, device=device)
+    flags = torch.tensor([1.0 if interrupted else 0.0, 1.0 if (rank_stops and d.is_main) else 0.0,
+                          lr if d.is_main else 0.0], dtype=torch.float64, device=device)
     tdist.all_reduce(flags)
-    return bool(flags[0] > 0), float(flags[1])
+    return bool(flags[0] > 0 or flags[1] > 0), bool(flags[0] > 0), float(flags[2])
+
+
+@contextmanager
+def first_on_each_machine(d: Dist):
+    """The block runs on local rank 0 first, then on the machine's other ranks (a download must happen once)."""
+    if not d.enabled:
+        yield
+        return
+    import torch.distributed as tdist
+
+    if d.local_rank != 0:
+        tdist.barrier()
+    yield
+    if d.local_rank == 0:
+        tdist.barrier()
+
+
+def reseed_other_ranks(d: Dist, seed: int, step: int) -> None:
+    """Rank 0 keeps the single-process stream of torch's global RNG (model dropout); the others get their own, so
+    their dropout masks differ from rank 0's rather than repeating them row for row."""
+    if d.enabled and d.rank > 0:
+        torch.manual_seed(seed + 1_000_003 * d.rank + step)
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """A collective that failed because another rank died, hung or closed its connection (gloo and NCCL say so in
+    their messages; newer torch raises DistError subclasses)."""
+    import torch.distributed as tdist
+
+    if isinstance(error, getattr(tdist, "DistError", ())):
+        return True
+    text = str(error)
+    return any(word in text for word in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out",
+                                         "Timed out", "ProcessGroup"))
 
 
 def mean_over_ranks(d: Dist, value: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def run_lock(run_dir: str | Path, what: str | None = "train"):
     if fcntl is None:
         yield
         return
-    path = run_dir / LOCK_NAME
+    path, made_here = run_dir / LOCK_NAME, not run_dir.exists()
     with storage_errors(path):
         run_dir.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+")
@@ -55,10 +55,14 @@ def run_lock(run_dir: str | Path, what: str | None = "train"):
             f.flush()
         yield
     finally:
-        if acquired and what is not None and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
-            path.unlink()  # nothing was written (the data was missing, say): leave no folder behind
-            run_dir.rmdir()
-        f.close()  # releases the lock
+        try:
+            if acquired and made_here and what is not None and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+                path.unlink()  # nothing was written (the data was missing, say): leave no folder behind
+                run_dir.rmdir()
+        except OSError:  # the folder went away, or another process began to use it: not this run's error
+            pass
+        finally:
+            f.close()  # releases the lock
 
 
 def check_not_in_use(run_dir: str | Path) -> None:

@@ -23,7 +23,8 @@ from . import __version__
 from .atomic import StorageError, write_text_atomic
 from .checkpoint import Checkpoint, DataInfo, TrainState, load_checkpoint, save_checkpoint
 from .config import Config, used_settings
-from .distributed import Dist, agree, mean_over_ranks
+from .distributed import (Dist, agree, first_on_each_machine, is_collective_failure, mean_over_ranks,
+                          reseed_other_ranks)
 from .data import CHANNELS, CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, load_split, to_model_range
 from .ema import EMA
 from .errors import TinydiffError
@@ -66,8 +67,9 @@ class Trainer:
         dist.check_batch(cfg.train.batch_size)
         self.reporter = (reporter or PrintReporter()) if dist.is_main else QuietReporter()  # rank 0 alone speaks
         torch.manual_seed(cfg.train.seed)
-        self.train_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=True).to(self.device)
-        self.test_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=False).to(self.device)
+        with first_on_each_machine(dist):  # one process per machine may download the data; the others then read it
+            self.train_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=True).to(self.device)
+            self.test_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=False).to(self.device)
         self.data = DataInfo(cfg.data.dataset, IMAGE_SIZE, CHANNELS, NUM_CLASSES, tuple(CLASS_NAMES[cfg.data.dataset]))
         check_model_size(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES)
         self.model = build_model(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES).to(self.device)
@@ -79,6 +81,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
+            reseed_other_ranks(dist, cfg.train.seed, step=0)  # after DDP has broadcast rank 0's initial weights
         self.scaler = grad_scaler(self.precision, self.device)  # fp16 only
         self.overflow_streak, self.fp16_patience = 0, 20  # fp16 steps in a row whose gradients overflowed
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
@@ -112,13 +115,13 @@ class Trainer:
         return max(by_steps, elapsed_s / (60 * minutes)) if minutes else by_steps
 
     def stop_reason(self, elapsed_s: float) -> str:
-        """Why the run must stop now, or "" to go on."""
+        """Why the run must stop now, or "" to go on. Under DDP only rank 0's clock counts (see `run`)."""
         t = self.cfg.train
         if self.stop_requested:
             return "interrupted"
         if self.step >= self.total_steps:
             return f"reached step {self.total_steps} (epochs={t.epochs}, max_steps={t.max_steps})"
-        if t.max_minutes and elapsed_s >= 60 * t.max_minutes:
+        if t.max_minutes and elapsed_s >= 60 * t.max_minutes and self.dist.is_main:
             return f"time budget of {t.max_minutes:g} min used"
         return ""
 
@@ -144,6 +147,7 @@ class Trainer:
     def load_state(self, ckpt: Checkpoint) -> None:
         """Continue from a training checkpoint: its state (see TrainState), step, elapsed time and last losses."""
         self.state.restore(ckpt)
+        reseed_other_ranks(self.dist, self.cfg.train.seed, step=ckpt.step)  # the checkpoint holds rank 0's stream
         if self.scaler is not None and ckpt.meta.get("grad_scaler"):
             self.scaler.load_state_dict(ckpt.meta["grad_scaler"])
         self.step = ckpt.step
@@ -234,7 +238,7 @@ class Trainer:
         try:
             yield
         except RuntimeError as e:  # under DDP: a collective failed because another rank died or hung
-            if not self.dist.enabled:
+            if not (self.dist.enabled and is_collective_failure(e)):
                 raise
             self.reporter.finish()
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -287,9 +291,10 @@ class Trainer:
         with stop_on_signals(self), self.failures_explained(), log:
             while True:
                 stop_reason, lr = self.stop_reason(elapsed()), lr_at(self.cfg, self.step, self.progress(elapsed()))
-                stop, lr = agree(self.dist, bool(stop_reason), lr, self.device)  # every rank stops at the same step
+                # every rank stops at the same step: when any was interrupted, or rank 0 says so (its clock is the one)
+                stop, interrupted, lr = agree(self.dist, bool(stop_reason), self.stop_requested, lr, self.device)
                 if stop:
-                    stop_reason = stop_reason or "interrupted"  # another rank was
+                    stop_reason = stop_reason or ("interrupted" if interrupted else "rank 0 stopped the run")
                     break
                 step_lr = lr
                 window.add(self.train_step(lr), t.batch_size)
@@ -314,7 +319,7 @@ class Trainer:
                 with window.paused():
                     if self.step % t.checkpoint_every == 0:
                         self.save(f"ckpt_{self.step:07d}", elapsed())
-                    if t.eval_every and self.step % t.eval_every == 0:
+                    if t.eval_every and self.step % t.eval_every == 0 and not self.stop_requested:
                         with self.skippable("sample-quality eval"):
                             score = quality(self.ema_pipeline)
                             log.write(step=self.step, epoch=epoch, lr=lr, images_per_s=images_per_s,
@@ -329,9 +334,10 @@ class Trainer:
                         saved_step, saved_s, grid = self.step, elapsed(), None
                         self.save("last", saved_s)
                         save_loss_plot(out / "loss.csv", out / "loss.png")
-                        with self.skippable("sample grid"):
-                            grid = save_sample_grid(self.ema_pipeline, out / "samples" / f"epoch_{round(epoch):03d}.png",
-                                                    self.cfg)
+                        if not self.stop_requested:  # after a Ctrl-C, no preview
+                            with self.skippable("sample grid"):
+                                grid = save_sample_grid(self.ema_pipeline,
+                                                        out / "samples" / f"epoch_{round(epoch):03d}.png", self.cfg)
                         self.reporter.log(epoch_summary(round(epoch), self.step, self.last_train_loss,
                                                         self.last_eval_loss, grid))
 
@@ -345,10 +351,10 @@ class Trainer:
             end_s = saved_s if self.step == saved_step else elapsed()
             if main and self.step not in (saved_step, start_step):
                 self.save("last", end_s)
-                if stop_reason != "interrupted":  # a user who pressed Ctrl-C wants out, not a preview
+                if stop_reason != "interrupted" and not self.stop_requested:  # a Ctrl-C means out, not a preview
                     with self.skippable("final sample grid"):
                         save_sample_grid(self.ema_pipeline, out / "samples" / "final.png", self.cfg)
-        if main:
+        if main and (out / "loss.csv").exists():
             save_loss_plot(out / "loss.csv", out / "loss.png")
         self.reporter.finish()
         if self.step == start_step:

@@ -16,7 +16,7 @@ from ..errors import TinydiffError
 from ..precision import resolve_precision
 from ..runlock import check_not_in_use, run_lock
 from ..training import Trainer
-from ..ui import RichReporter, console, format_seconds, print_key_values
+from ..ui import RichReporter, console, err_console, format_seconds, print_key_values
 
 
 def holds_a_run(run_dir: Path) -> bool:
@@ -96,7 +96,7 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
 
 def run_train(*, preset: str, overrides: list[str], settings: dict, out: Path | None, device: str, resume: str | None) -> int:
     dist, dev = init_distributed(device)  # a process group under torchrun; nothing otherwise
-    console.quiet = not dist.is_main  # rank 0 alone prints
+    console.quiet = err_console.quiet = not dist.is_main  # rank 0 alone prints (its errors too: all ranks share them)
     try:
         cfg, run_dir, ckpt = resolve_run(preset, overrides, settings, out, resume, is_main=dist.is_main)
         with run_lock(run_dir, "train") if dist.is_main else contextlib.nullcontext():
