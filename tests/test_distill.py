@@ -79,6 +79,16 @@ def mean_loss(distiller: Distiller, seed: int = 123, batches: int = 6) -> float:
         return sum(distiller.loss(*distiller.batch()).item() for _ in range(batches)) / batches
 
 
+def assert_learns(d: Distiller, steps: int = 40, lr: float = 2e-3) -> None:
+    """The stage's loss on fixed batches falls below 0.7 of its start within `steps` iterations."""
+    before = mean_loss(d)
+    d.generator.manual_seed(0)
+    for _ in range(steps):
+        d.train_step(lr)
+    after = mean_loss(d)
+    assert after < 0.7 * before, (before, after)
+
+
 def test_a_halving_stage_learns_to_match_two_teacher_steps(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     d = Distiller(load_checkpoint(run_dir), tiny_settings(), tmp_path / "d", "cpu")
@@ -86,23 +96,13 @@ def test_a_halving_stage_learns_to_match_two_teacher_steps(tiny_run, tmp_path):
         d.train_step(1e-3)
     d.finish_stage("test")
     assert (d.stage.kind, d.stage.steps) == ("halve", 2)
-    before = mean_loss(d)
-    d.generator.manual_seed(0)
-    for _ in range(40):
-        d.train_step(2e-3)
-    after = mean_loss(d)
-    assert after < 0.7 * before, (before, after)
+    assert_learns(d)
 
 
 def test_guidance_stage_learns_the_guided_teacher(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     d = Distiller(load_checkpoint(run_dir), tiny_settings(), tmp_path / "d", "cpu")
-    before = mean_loss(d)
-    d.generator.manual_seed(0)
-    for _ in range(40):
-        d.train_step(2e-3)
-    after = mean_loss(d)
-    assert after < 0.7 * before, (before, after)
+    assert_learns(d)
 
 
 class StopAt:

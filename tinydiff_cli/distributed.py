@@ -41,6 +41,11 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def train_command(self) -> str:
+        """How this job is started again, for the `--resume` advice in messages."""
+        return f"torchrun --nproc_per_node {self.world_size} -m tinydiff_cli train" if self.enabled else "tinydiff train"
+
     def rows(self, global_batch: int) -> slice:
         """This rank's rows of a global batch (which `check_batch` has made divisible)."""
         per_rank = global_batch // self.world_size

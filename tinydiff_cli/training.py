@@ -259,10 +259,8 @@ class Trainer:
             return "No checkpoint was written yet" + ("; start again with a lower --lr" if "--lr" in extra_flags else "")
         path, step = newest
         target = self.out_dir if path.name == "last.json" else path
-        launcher = f"torchrun --nproc_per_node {self.dist.world_size} -m tinydiff_cli train" if self.dist.enabled \
-            else "tinydiff train"
         return (f"The newest good checkpoint is {path} (step {step}); {fix}, continue with: "
-                f"{launcher} --resume {target}{extra_flags}")
+                f"{self.dist.train_command} --resume {target}{extra_flags}")
 
     def newest_checkpoint(self) -> tuple[Path, int] | None:
         """(path, step) of the run folder's checkpoint with the highest step that loads, or None."""
@@ -306,7 +304,7 @@ class Trainer:
                         raise TinydiffError(
                             f"the run folder {out} disappeared while training (deleted, or its disk unmounted); it was "
                             f"made again and `last` (step {self.step}) saved in it, but loss.csv and the earlier "
-                            f"checkpoints are gone. Continue with: tinydiff train --resume {out}")
+                            f"checkpoints are gone. Continue with: {self.dist.train_command} --resume {out}")
                     self.last_train_loss, images_per_s = window.close(self.window_reduce)
                     log.write(step=self.step, epoch=epoch, train_loss=self.last_train_loss, lr=lr,
                               images_per_s=images_per_s, elapsed_s=elapsed())

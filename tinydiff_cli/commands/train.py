@@ -127,20 +127,20 @@ def _train(cfg: Config, run_dir: Path, ckpt, dev, dist: Dist) -> int:
     start_step = trainer.step
     result = trainer.run()
     _print_summary(result, run_dir, resumed=ckpt is not None)
-    warning = starved_warning(result, start_step, trainer.steps_per_epoch, cfg, run_dir)
+    warning = starved_warning(result, start_step, trainer.steps_per_epoch, cfg, run_dir, dist.train_command)
     if warning:
         console.print(warning, style="yellow", highlight=False)
     if ckpt is not None and result.step == ckpt.step:
         console.print("to train longer, resume with --max-minutes M (M more minutes), --max-steps N or --epochs N "
                       "(a new end; the old time budget then no longer applies)")
     if result.stop_reason == "interrupted":
-        launcher = f"torchrun --nproc_per_node {dist.world_size} -m tinydiff_cli train" if dist.enabled else "tinydiff train"
-        console.print(f"interrupted at step {result.step}; continue with: {launcher} --resume {result.checkpoint}")
+        console.print(f"interrupted at step {result.step}; continue with: {dist.train_command} --resume {result.checkpoint}")
         return 130
     return 0
 
 
-def starved_warning(result, start_step: int, steps_per_epoch: int, cfg: Config, run_dir: Path) -> str | None:
+def starved_warning(result, start_step: int, steps_per_epoch: int, cfg: Config, run_dir: Path,
+                    command: str = "tinydiff train") -> str | None:
     """The warning for a run whose time budget ended before one epoch: the model has not yet seen each training
     image once, and its samples are mostly noise (a fresh-clone trial on a busy machine reached 0.3 epoch in 10
     minutes and 30% class accuracy). It gives the measured speed and the command that reaches one epoch at it."""
@@ -151,7 +151,7 @@ def starved_warning(result, start_step: int, steps_per_epoch: int, cfg: Config, 
     return (f"warning: undertrained. The time budget ended after {result.step} step{'s' if result.step > 1 else ''}, {result.epoch:.2f} of one epoch "
             f"(this preset plans {cfg.train.epochs}), at {images_per_s:.0f} images/s on average; expect samples that "
             f"are still mostly noise. A busy machine is the usual cause of a slow run. To reach one epoch at this "
-            f"speed: tinydiff train --resume {run_dir} --max-minutes {minutes}")
+            f"speed: {command} --resume {run_dir} --max-minutes {minutes}")
 
 
 def _print_summary(result, run_dir: Path, resumed: bool) -> None:
