@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny synthetic MNIST in torchvision's raw IDX layout, and a tiny model preset."""
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,10 @@ def make_mnist(root: Path, folder: str = "MNIST", n_train: int = 256, n_test: in
         write_idx_images(raw / f"{split}-images-idx3-ubyte", images)
         write_idx_labels(raw / f"{split}-labels-idx1-ubyte", labels)
     return root
+
+
+# Decoded image folders and their classifiers go to a cache of the test session's own, not ~/.cache/tinydiff.
+os.environ["TINYDIFF_CACHE"] = tempfile.mkdtemp(prefix="tinydiff-test-cache-")
 
 
 @pytest.fixture(autouse=True)

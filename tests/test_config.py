@@ -46,3 +46,22 @@ def test_bad_overrides_are_rejected_clearly(override, message):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(TinydiffError, match="unet-small"):
         load_config("unet-huge")
+
+
+def test_backbones_follow_the_image_size_and_refuse_sizes_they_cannot_take():
+    from tinydiff_cli.config import adapt_to_image_size, validate
+
+    unet = load_config("unet-small").model
+    assert adapt_to_image_size(unet, 28) == (unet, [])  # the presets' own size: unchanged
+    adapted, notes = adapt_to_image_size(unet, 32)
+    assert adapted.attn_resolutions == [8] and notes == ["model.attn_resolutions [7] -> [8] (the UNet's levels at 32x32 are 32, 16, 8)"]
+    assert adapt_to_image_size(load_config("unet-base").model, 64)[0].attn_resolutions == [16]
+    dit, notes = adapt_to_image_size(load_config("dit-small").model, 30)
+    assert dit.patch_size == 5 and "36 tokens" in notes[0]
+    with pytest.raises(TinydiffError, match=r"30x30 images halve cleanly only 1 times; use at most 2 levels, or a size "
+                                            r"that halves 2 times \(--set data.image_size=32\)"):
+        validate(load_config("unet-small"), 30)
+    cfg = load_config("unet-small", ["data.dataset=/some/folder"])  # a folder of unknown size: checked once it is read
+    assert cfg.data.dataset == "/some/folder"
+    with pytest.raises(TinydiffError, match="data.image_size must be between 8 and 256"):
+        load_config("unet-small", ["data.image_size=4"])

@@ -20,7 +20,7 @@ def test_every_command_that_reads_the_data_finds_it_through_tinydiff_data(tiny_p
 
     test = load_split("mnist", data_dir, train=False)
     npz = tmp_path / "real.npz"
-    np.savez(npz, arr_0=test.images.numpy()[:32, ..., None], arr_1=test.labels.numpy()[:32])
+    np.savez(npz, arr_0=test.images[:32].permute(0, 2, 3, 1).numpy(), arr_1=test.labels.numpy()[:32])
     run = tmp_path / "run"
     commands = {
         "train": ["train", "--preset", tiny_preset, "--out", run, "--max-steps", "2", "--device", "cpu"],

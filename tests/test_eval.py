@@ -49,8 +49,8 @@ def test_class_histogram():
 def test_classifier_learns_separable_synthetic_data():
     images, labels = synthetic_digits(2000, seed=0)
     test_images, test_labels = synthetic_digits(500, seed=1)
-    train = Split(torch.from_numpy(images), torch.from_numpy(labels).long())
-    test = Split(torch.from_numpy(test_images), torch.from_numpy(test_labels).long())
+    train = Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
+    test = Split(torch.from_numpy(test_images).unsqueeze(1), torch.from_numpy(test_labels).long())
     model, accuracy = train_classifier(train, test, epochs=2, batch_size=64, log=lambda m: None)
     assert accuracy >= 0.98
     assert model.features(torch.zeros(3, 1, 28, 28)).shape == (3, 128)
@@ -62,7 +62,7 @@ def test_eval_npz_end_to_end(data_dir, tmp_path):
 
     test = load_split("mnist", data_dir, train=False)
     npz = tmp_path / "samples.npz"
-    np.savez(npz, arr_0=test.images.numpy()[..., None], arr_1=test.labels.numpy())
+    np.savez(npz, arr_0=test.images.permute(0, 2, 3, 1).numpy(), arr_1=test.labels.numpy())  # (N, 28, 28, 1)
     result = CliRunner().invoke(app, ["eval", "--npz", str(npz), "--data-dir", str(data_dir), "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     score = json.loads(result.stdout[result.stdout.index("{"):])
@@ -78,7 +78,7 @@ def test_eval_npz_end_to_end(data_dir, tmp_path):
 
     # inverted images are far from the test split; wrong labels lower the accuracy
     shifted = (test.labels.numpy() + 1) % 10
-    np.savez(npz, arr_0=255 - test.images.numpy(), arr_1=shifted)
+    np.savez(npz, arr_0=255 - test.images[:, 0].numpy(), arr_1=shifted)  # (N, 28, 28) also reads as grey
     result = CliRunner().invoke(app, ["eval", "--npz", str(npz), "--data-dir", str(data_dir), "--json", "--device", "cpu"])
     worse = json.loads(result.stdout[result.stdout.index("{"):])
     assert worse["fid"] > 0.1 and worse["class_accuracy"] < 0.5
@@ -86,9 +86,12 @@ def test_eval_npz_end_to_end(data_dir, tmp_path):
 
 def test_eval_rejects_a_foreign_npz(tmp_path):
     bad = tmp_path / "bad.npz"
-    np.savez(bad, arr_0=np.zeros((4, 32, 32, 3), dtype=np.uint8))
+    np.savez(bad, arr_0=np.zeros((4, 32, 20, 3), dtype=np.uint8))
     result = CliRunner().invoke(app, ["eval", "--npz", str(bad)])
-    assert result.exit_code == 2 and "must be uint8 images shaped" in result.output
+    assert result.exit_code == 2 and "must be uint8 square images shaped" in result.output
+    np.savez(bad, arr_0=np.zeros((4, 32, 32, 3), dtype=np.uint8))  # a valid layout, but not MNIST's: said before loading it
+    result = CliRunner().invoke(app, ["eval", "--npz", str(bad)])
+    assert result.exit_code == 2 and "holds 32x32 images with 3 channels, but mnist's are 28x28 with 1" in result.output
     single = tmp_path / "single.npy"
     np.save(single, np.zeros((4, 28, 28), dtype=np.uint8))
     result = CliRunner().invoke(app, ["eval", "--npz", str(single)])

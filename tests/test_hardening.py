@@ -298,7 +298,8 @@ def test_eval_never_unpickles_and_checks_npz_headers_before_loading(tmp_path):
     hostile = tmp_path / "hostile.npz"
     np.savez(hostile, arr_0=np.array([Trap(marker)] * 3, dtype=object))
     result = invoke("eval", "--npz", hostile)
-    assert result.exit_code == 2 and "arr_0 must be uint8 images shaped (N, 28, 28[, 1]), got object" in one_line(result)
+    assert result.exit_code == 2 and "arr_0 must be uint8 square images shaped (N, H, W) or (N, H, W, C) with C 1 or 3, " \
+        "got object" in one_line(result)
     assert not marker.exists()
 
     labels = tmp_path / "labels.npz"
@@ -318,24 +319,27 @@ def test_eval_never_unpickles_and_checks_npz_headers_before_loading(tmp_path):
     out_of_range = tmp_path / "range.npz"
     np.savez(out_of_range, arr_0=np.zeros((3, 28, 28), np.uint8), arr_1=np.array([0, 1, 12]))
     result = invoke("eval", "--npz", out_of_range)
-    assert result.exit_code == 2 and "arr_1 labels must be class indices 0..9, got 0..12" in one_line(result)
+    assert result.exit_code == 2 and "arr_1 labels must be class indices 0..9 (or 10, the null class, for unconditional " \
+        "samples), got 0..12" in one_line(result)
 
 
 # ---- caches --------------------------------------------------------------------------------------------------------
 def test_a_half_written_or_damaged_classifier_cache_is_trained_again(tmp_path):
     from tinydiff_cli.classifier import classifier_path, get_classifier
+    from tinydiff_cli.data import load_dataset
 
-    data = make_mnist(tmp_path / "data")
-    path = classifier_path("mnist", data)
+    data_dir = make_mnist(tmp_path / "data", n_train=128)  # one batch per epoch: the classifier trains in seconds
+    data = load_dataset("mnist", data_dir)
+    path = classifier_path(data, data_dir)
     path.write_bytes(b"killed while writing")  # the tensors without their JSON: an eval killed mid-write
     logged = []
-    first = get_classifier("mnist", data, log=logged.append)
+    first = get_classifier(data, data_dir, log=logged.append)
     assert any("training the mnist classifier" in line for line in logged)
     path.write_bytes(b"damaged")  # now with its JSON beside it: a damaged cache
     logged.clear()
-    again = get_classifier("mnist", data, log=logged.append)
+    again = get_classifier(data, data_dir, log=logged.append)
     assert any("unreadable" in line for line in logged) and any("training the" in line for line in logged)
     assert again.test_accuracy == pytest.approx(first.test_accuracy)
     logged.clear()
-    get_classifier("mnist", data, log=logged.append)
+    get_classifier(data, data_dir, log=logged.append)
     assert logged == []  # and then it is a cache again

@@ -20,8 +20,10 @@ def test_unet_output_shape_equals_input_shape(kwargs):
 
 @pytest.mark.parametrize("preset", available_presets())
 def test_every_preset_builds_a_working_model(preset):
-    model = build_model(load_config(preset).model)
-    assert model(torch.randn(2, 1, 28, 28), torch.tensor([3, 4]), None).shape == (2, 1, 28, 28)
+    cfg = load_config(preset)
+    shape = (cfg.data.channels or 1, cfg.data.image_size or 28, cfg.data.image_size or 28)
+    model = build_model(cfg.model, shape[1], shape[0])
+    assert model(torch.randn(2, *shape), torch.tensor([3, 4]), None).shape == (2, *shape)
 
 
 def test_output_layer_starts_at_zero_and_learns_class_and_time():

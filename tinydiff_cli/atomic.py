@@ -71,3 +71,13 @@ def atomic_path(path: str | Path):
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Tensors to a .safetensors file, atomically. The file is serialised in memory and written by Python, so a full
+    disk or a read-only folder raises StorageError naming `path` (safetensors' own writer reports it as a bare
+    string)."""
+    from safetensors.torch import save as safetensors_bytes
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata))

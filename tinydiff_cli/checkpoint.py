@@ -15,46 +15,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import safe_open
-from safetensors.torch import save as safetensors_bytes
 
-from .atomic import atomic_path, write_text_atomic
+from .atomic import write_safetensors, write_text_atomic  # noqa: F401  (write_safetensors: re-exported)
 from .config import Config, config_from_dict, config_to_dict, validate
-from .data import CLASS_NAMES
+from .data import DataInfo  # noqa: F401  (re-exported: checkpoints record one)
 from .errors import TinydiffError
 
 FORMAT = "tinydiff-checkpoint"
 MODEL_FORMAT = "tinydiff-model"  # `tinydiff export`: EMA weights with config and data facts in the metadata
 VERSION = 1
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a model was trained on, as its checkpoint records it (the "data" entry of the JSON)."""
-
-    dataset: str
-    image_size: int
-    channels: int
-    num_classes: int  # the null (unconditional) class is label num_classes
-    class_names: tuple[str, ...]
-
-    @classmethod
-    def from_meta(cls, data: dict, dataset: str) -> "DataInfo":
-        """Defaults fill what checkpoints from before these keys existed lack: 28x28 grey, 10 classes."""
-        dataset = data.get("dataset", dataset)
-        num_classes = int(data.get("num_classes", 10))
-        names = data.get("class_names") or CLASS_NAMES.get(dataset, [])
-        if len(names) != num_classes:  # the model's label table is what counts
-            names = [str(i) for i in range(num_classes)]
-        info = cls(dataset, int(data.get("image_size", 28)), int(data.get("channels", 1)), num_classes, tuple(names))
-        # Bounds before anything is built or sampled at this shape: a damaged or hostile file is refused here.
-        if not (1 <= info.image_size <= 1024 and info.channels in (1, 3, 4) and 1 <= info.num_classes <= 100_000):
-            raise TinydiffError(f"its data entry is out of range (image size {info.image_size}, {info.channels} "
-                                f"channels, {info.num_classes} classes)")
-        return info
-
-    def to_meta(self) -> dict:
-        return {"dataset": self.dataset, "image_size": self.image_size, "channels": self.channels,
-                "num_classes": self.num_classes, "class_names": list(self.class_names)}
 
 
 @dataclass(frozen=True)
@@ -135,13 +104,6 @@ def _open_tensors(path: Path, device="cpu"):
         return safe_open(str(path), framework="pt", device=str(device))
     except Exception as e:  # safetensors raises its own error types, OSError, or ValueError for foreign files
         raise TinydiffError(f"{path} is not a readable safetensors file ({e}); re-run training or pick another checkpoint") from None
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically. The file is serialised in memory and written by Python, so a full disk or a read-only folder
-    raises atomic.StorageError naming `path` (safetensors' own writer reports it as a bare string)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata))
 
 
 def save_checkpoint(run_dir: Path, name: str, *, config: Config, step: int, tensors: dict[str, torch.Tensor],

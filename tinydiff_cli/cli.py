@@ -44,7 +44,7 @@ StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler ste
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[float, typer.Option("--w", help=GUIDANCE_HELP)]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
-DigitOption = Annotated[str, typer.Option("--digit", help="Class 0-9, 'all' (classes cycle: one per grid column) or 'none' (unconditional).")]
+DigitOption = Annotated[str, typer.Option("--digit", help="Class: its index (0-9 for MNIST) or its name (an image folder's class subfolder), 'all' (classes cycle: one per grid column) or 'none' (unconditional).")]
 SampleBatchOption = Annotated[Optional[int], typer.Option(
     "--batch-size", help="Images per forward batch. \\[default: 100 on CPU, 1000 on a GPU]")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")]
@@ -116,9 +116,9 @@ def root(version: Annotated[bool, typer.Option("--version", callback=_version, i
 @user_errors
 def train(
     preset: Annotated[str, typer.Option(help="Preset name (unet-small, unet-base, dit-small, dit-base) or a path to a YAML file.")] = "unet-small",
-    dataset: Annotated[Optional[str], typer.Option(help="mnist or fashion-mnist.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="mnist, fashion-mnist, or a folder of images (class subfolders for labels; README: \"Your own images\").")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: $TINYDIFF_DATA, else ~/.cache/tinydiff/data]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>, runs/<preset>-<dataset> for datasets other than mnist]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>, runs/<preset>-<dataset> for datasets other than mnist (a folder: its name)]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs to train.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps in total.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget in minutes: stop cleanly and save.")] = None,
@@ -155,7 +155,7 @@ def sample(
     n: Annotated[int, typer.Option(help="Number of images.")] = 100,
     options=None,
     out: Annotated[Path, typer.Option(help="Grid PNG to write.")] = Path("samples.png"),
-    npz: Annotated[Optional[Path], typer.Option(help="Also write arr_0 (N,28,28,1) uint8 images and arr_1 int64 labels.")] = None,
+    npz: Annotated[Optional[Path], typer.Option(help="Also write arr_0 (N,H,W,C) uint8 images ((N,28,28,1) for MNIST) and arr_1 int64 labels.")] = None,
     batch_size: SampleBatchOption = None,
     device: DeviceOption = "auto",
     raw_weights: Annotated[bool, typer.Option("--raw-weights", help="Use the raw training weights instead of the EMA weights.")] = False,
@@ -175,7 +175,7 @@ def sample(
 def eval_(
     checkpoint: CheckpointOption = None,
     npz: Annotated[Optional[Path], typer.Option(help="Score samples saved earlier (arr_0 images, optional arr_1 labels) instead of sampling.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset whose classifier and test split score the samples. \\[default: the checkpoint's, else mnist]")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset (mnist, fashion-mnist or an image folder) whose classifier and test split score the samples. \\[default: the checkpoint's, else mnist]")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: the checkpoint's, else $TINYDIFF_DATA]")] = None,
     digit: DigitOption = "all",
     n: Annotated[int, typer.Option(help="Number of samples (FID depends on N: compare at equal N).")] = 5000,
@@ -198,7 +198,7 @@ app.add_typer(visualize_app, name="visualize")
 @visualize_app.command("forward")
 @user_errors
 def visualize_forward(
-    dataset: Annotated[str, typer.Option(help="mnist or fashion-mnist.")] = "mnist",
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist or a folder of images.")] = "mnist",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc.")] = None,
     n: Annotated[int, typer.Option(help="Number of test images (rows).")] = 6,
     schedule: Annotated[str, typer.Option(help="linear, cosine or sigmoid.")] = "linear",
@@ -229,7 +229,7 @@ def visualize_schedule(
 @sampling_flags
 def visualize_denoise(
     checkpoint: CheckpointOption = None,
-    digit: DigitOption = "3",
+    digit: Annotated[Optional[str], typer.Option("--digit", help="Class: index or name, 'all' or 'none'. \\[default: 3; 'all' for a model with fewer classes]")] = None,
     n: Annotated[int, typer.Option(help="Number of samples shown (at most 16).")] = 1,
     options=None,
     out: Annotated[Path, typer.Option(help="Output name: writes NAME.gif (animation) and NAME.png (strip of frames).")] = Path("denoise"),

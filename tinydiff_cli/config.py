@@ -52,8 +52,10 @@ class DiffusionConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
-    data_dir: Optional[str] = None  # None: $TINYDIFF_DATA, else ~/.cache/tinydiff/data
+    dataset: str = "mnist"  # mnist, fashion-mnist, or a folder of images (see folders.py)
+    data_dir: Optional[str] = None  # for mnist and fashion-mnist; None: $TINYDIFF_DATA, else ~/.cache/tinydiff/data
+    image_size: Optional[int] = None  # None: the images' own size; else each image is resized once, at load
+    channels: Optional[int] = None  # None: grey if the images are, else RGB; 1 or 3 converts
 
 
 @dataclass
@@ -219,10 +221,18 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def validate(cfg: Config, image_size: int = 28) -> Config:
-    """Range and consistency checks; every problem is one clear TinydiffError."""
+def validate(cfg: Config, image_size: int | None = None) -> Config:
+    """Range and consistency checks; every problem is one clear TinydiffError. The backbone is checked at
+    `image_size`, or the size the config asks for (data.image_size), or 28 for MNIST and Fashion-MNIST; for an image
+    folder of its own size that is known only once it is read (the trainer checks it then)."""
     m, d, t = cfg.model, cfg.diffusion, cfg.train
-    checks = model_checks(m, image_size) + [
+    if cfg.data.image_size is not None and not 8 <= cfg.data.image_size <= 256:
+        raise TinydiffError("data.image_size must be between 8 and 256")
+    if image_size is None:
+        image_size = cfg.data.image_size or (DESIGN_SIZE if cfg.data.dataset in ("mnist", "fashion-mnist") else None)
+    if image_size is not None:
+        m = adapt_to_image_size(m, image_size)[0]
+    checks = (model_checks(m, image_size) if image_size is not None else []) + [
         (0 <= m.dropout < 1, "model.dropout must be in [0, 1)"),
         (d.timesteps >= 20 if d.schedule == "linear" else d.timesteps >= 2,
          "diffusion.timesteps must be at least 20 for the linear schedule (its betas scale with 1000/T) and 2 otherwise"),
@@ -241,6 +251,8 @@ def validate(cfg: Config, image_size: int = 28) -> Config:
         (t.eval_images >= 0 and t.sample_rows >= 0, "train.eval_images and train.sample_rows must be >= 0"),
         (t.eval_every >= 0 and t.eval_samples >= 2, "train.eval_every must be >= 0 and train.eval_samples at least 2"),
         (1 <= t.sample_steps <= d.timesteps, f"train.sample_steps must be between 1 and diffusion.timesteps ({d.timesteps})"),
+        (cfg.data.image_size is None or 8 <= cfg.data.image_size <= 256, "data.image_size must be between 8 and 256"),
+        (cfg.data.channels in (None, 1, 3), "data.channels must be 1 (grey) or 3 (RGB)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -253,7 +265,8 @@ def model_checks(m: ModelConfig, image_size: int) -> list[tuple[bool, str]]:
     if m.type == "dit":
         return [
             (m.patch_size >= 1 and image_size % m.patch_size == 0,
-             f"model.patch_size must divide the image size {image_size} (2, 4, 7 or 14 for 28x28), got {m.patch_size}"),
+             f"model.patch_size must divide the image size {image_size} ({_or(_divisors(image_size)[1:-1] or [1])} "
+             f"for {image_size}x{image_size}), got {m.patch_size}"),
             (m.hidden_size > 0 and m.hidden_size % 4 == 0, "model.hidden_size must be a positive multiple of 4"),
             (m.heads >= 1 and m.hidden_size % m.heads == 0, f"model.heads must divide model.hidden_size ({m.hidden_size})"),
             (1 <= m.depth <= 256, "model.depth must be between 1 and 256"),
@@ -266,13 +279,64 @@ def model_checks(m: ModelConfig, image_size: int) -> list[tuple[bool, str]]:
         (len(m.channel_mults) >= 1 and all(c > 0 for c in m.channel_mults), "model.channel_mults must be positive integers"),
         (image_size % 2 ** (len(m.channel_mults) - 1) == 0,
          f"model.channel_mults has {len(m.channel_mults)} levels, but {image_size}x{image_size} images halve cleanly only "
-         f"{_halvings(image_size)} times; use at most {_halvings(image_size) + 1} levels"),
+         f"{_halvings(image_size)} times; use at most {_halvings(image_size) + 1} levels, or a size that halves "
+         f"{len(m.channel_mults) - 1} times (--set data.image_size={_next_multiple(image_size, 2 ** (len(m.channel_mults) - 1))})"),
         (1 <= m.num_res_blocks <= 32, "model.num_res_blocks must be between 1 and 32"),
         (m.base_channels * max(m.channel_mults, default=1) <= 16384, "model.base_channels times the largest of "
          "model.channel_mults must be at most 16384"),
         (m.heads >= 1 and all((m.base_channels * c) % m.heads == 0 for c in m.channel_mults),
          "model.heads must divide the channel count of every level"),
     ]
+
+
+DESIGN_SIZE = 28  # the image size the presets' attn_resolutions and patch_size are written for
+
+
+def unet_resolutions(m: ModelConfig, image_size: int) -> list[int]:
+    """The side of each UNet level: the image size, halved once per level after the first."""
+    return [image_size // 2 ** i for i in range(len(m.channel_mults))]
+
+
+def adapt_to_image_size(m: ModelConfig, image_size: int) -> tuple[ModelConfig, list[str]]:
+    """The backbone settings for `image_size`, and a line for each one changed. The presets are written for 28x28;
+    for other sizes the UNet's attention goes to the level nearest (in log scale) to each resolution it names (7 at
+    28 -> 8 at 32, 16 at 64), and the DiT's patch to the divisor of the size nearest to the one it names (ties: the
+    larger, fewer tokens). Sizes the backbone cannot take are left to `model_checks` to refuse, with advice."""
+    import math
+
+    notes = []
+    if image_size == DESIGN_SIZE:
+        return m, notes
+    if m.type == "unet":
+        if image_size % 2 ** (len(m.channel_mults) - 1):
+            return m, notes
+        levels = unet_resolutions(m, image_size)
+        adapted = sorted({min(levels, key=lambda r: (abs(math.log(r / a)), r)) for a in m.attn_resolutions if a > 0},
+                         reverse=True)
+        if adapted != sorted(set(m.attn_resolutions), reverse=True) and not set(m.attn_resolutions) <= set(levels):
+            notes.append(f"model.attn_resolutions {m.attn_resolutions} -> {adapted} (the UNet's levels at "
+                         f"{image_size}x{image_size} are {', '.join(map(str, levels))})")
+            m = dataclasses.replace(m, attn_resolutions=adapted)
+    elif m.patch_size >= 1 and image_size % m.patch_size:
+        candidates = _divisors(image_size)[1:-1] or [1]
+        patch = min(candidates, key=lambda p: (abs(p - m.patch_size), -p))
+        notes.append(f"model.patch_size {m.patch_size} -> {patch} ({m.patch_size} does not divide {image_size}; "
+                     f"{(image_size // patch) ** 2} tokens)")
+        m = dataclasses.replace(m, patch_size=patch)
+    return m, notes
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _or(items: list[int]) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def _next_multiple(n: int, k: int) -> int:
+    return -(-n // k) * k
 
 
 def _halvings(n: int) -> int:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpoint import Checkpoint, DataInfo, DistillInfo, TrainState, load_checkpoint, load_model, save_checkpoint
 from .config import Config, config_from_dict, config_to_dict
-from .data import load_split, to_model_range
+from .data import load_dataset_of, to_model_range
 from .ema import EMA
 from .errors import TinydiffError
 from .guidance import Denoiser, guided_denoiser
@@ -184,7 +184,7 @@ class Distiller:
                                 f"{teacher.config.diffusion.timesteps}")
         self.data = teacher.data
         self.data_dir = data_dir if data_dir is not None else teacher.config.data.data_dir
-        self.images = load_split(teacher.config.data.dataset, self.data_dir, train=True).to(self.device)
+        self.images = load_dataset_of(teacher.config.data, self.data_dir, trained_on=teacher.data).train.to(self.device)
         self.stages = plan_stages(settings)
         self.stage_index, self.stage_step, self.stage_elapsed = 0, 0, [0.0] * len(self.stages)
         self.total_step = 0  # iterations over all stages: the checkpoints' step
@@ -338,9 +338,9 @@ class Distiller:
 
     def preview(self, path: Path) -> Path:
         w = min(max(1.0, self.settings.w_min), self.settings.w_max)
-        labels = self.pipeline.labels("all", 4 * self.data.num_classes)
+        labels = self.pipeline.labels("all", 4 * self.pipeline.grid_columns)
         images = self.pipeline.sample(labels, sampler="ddim", steps=self.stage.steps, w=w, seed=self.settings.seed)
-        return save_grid(images, path, ncols=self.data.num_classes)
+        return save_grid(images, path, ncols=self.pipeline.grid_columns)
 
     def seconds_left(self, stage_elapsed_s: float, images_per_s: float) -> float:
         left = (self.settings.stage_iterations - self.stage_step) * self.settings.batch_size / max(images_per_s, 1e-9)

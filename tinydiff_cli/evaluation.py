@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .classifier import TrainedClassifier
-from .data import Split, load_split
+from .data import Dataset, Split, from_npz_layout
+from .errors import TinydiffError
 from .metrics import class_accuracy, class_histogram, fid_from_features
 
 
@@ -33,10 +34,10 @@ class Score:
 class Scorer:
     """Holds the classifier, the test-split features and the training split (for floors), computed once."""
 
-    def __init__(self, classifier: TrainedClassifier, dataset: str, data_dir, num_classes: int = 10):
-        self.classifier, self.num_classes = classifier, num_classes
-        self.test: Split = load_split(dataset, data_dir, train=False)
-        self.train: Split = load_split(dataset, data_dir, train=True)
+    def __init__(self, classifier: TrainedClassifier, data: Dataset):
+        self.classifier, self.num_classes, self.shape = classifier, data.info.num_classes, data.info.shape
+        self.test: Split = data.test
+        self.train: Split = data.train
         self.test_features, _ = classifier.embed(self.test.images)
         self._floors: dict[tuple[int, int], float] = {}
 
@@ -49,9 +50,13 @@ class Scorer:
         return self._floors[n, seed]
 
     def score(self, images_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> Score:
-        """images: uint8 (N, 28, 28) or (N, 28, 28, 1); labels: int64 (N,), the null class for unconditional ones."""
-        if images_uint8.ndim == 4:
-            images_uint8 = images_uint8[..., 0]
+        """images: uint8 (N, H, W, C) as in sample .npz files, or (N, H, W) for grey; labels: int64 (N,), the null
+        class for unconditional ones."""
+        images_uint8 = from_npz_layout(images_uint8)
+        if tuple(images_uint8.shape[1:]) != self.shape:
+            c, h, w = images_uint8.shape[1:]
+            raise TinydiffError(f"the images are {h}x{w} with {c} channel(s); the dataset's are "
+                                f"{self.shape[1]}x{self.shape[2]} with {self.shape[0]}")
         n = images_uint8.shape[0]
         if n < 2:
             raise ValueError("FID needs at least 2 samples")

@@ -28,15 +28,19 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def _show(ax, image: torch.Tensor) -> None:
-    """One float [-1, 1] image (1, H, W), pixels kept sharp."""
-    ax.imshow(((image[0].float().clamp(-1, 1) + 1) / 2).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    """One float [-1, 1] image (C, H, W), grey or RGB, pixels kept sharp."""
+    pixels = ((image.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    if pixels.shape[-1] == 1:
+        ax.imshow(pixels[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(pixels, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def image_table(columns: list[tuple[str, torch.Tensor]], path: str | Path, row_labels: list[str] | None = None,
                 title: str | None = None, cell_inches: float = 0.9) -> Path:
-    """A table of images: column j is `columns[j] = (heading, images (R, 1, H, W))`, row i across all columns."""
+    """A table of images: column j is `columns[j] = (heading, images (R, C, H, W))`, row i across all columns."""
     plt = _pyplot()
     rows = columns[0][1].shape[0]
     fig, axes = plt.subplots(rows, len(columns), figsize=(cell_inches * len(columns) + 0.6, cell_inches * rows + 0.6),
@@ -73,7 +77,7 @@ def schedule_chart(schedules: dict, path: str | Path) -> Path:
 def trajectory_strip(x: torch.Tensor, x0: torch.Tensor, labels: list[str], path: str | Path, title: str) -> Path:
     """Two rows per sample, x_t above the model's predicted x_0, one labelled column per chosen step.
 
-    x, x0: (K, N, 1, H, W) for K chosen steps."""
+    x, x0: (K, N, C, H, W) for K chosen steps."""
     plt = _pyplot()
     k, n = x.shape[0], x.shape[1]
     fig, axes = plt.subplots(2 * n, k, figsize=(0.95 * k + 0.8, 1.0 * 2 * n + 0.7), squeeze=False, dpi=100)

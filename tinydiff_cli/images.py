@@ -11,11 +11,13 @@ from .atomic import atomic_path
 
 
 def grid_array(images: torch.Tensor, ncols: int, scale: int = 1, padding: int = 2) -> torch.Tensor:
-    """float (B, 1, H, W) in [-1, 1] -> uint8 (rows*(H+p)+p, cols*(W+p)+p) with image i at row i // ncols."""
+    """float (B, C, H, W) in [-1, 1] -> uint8 (rows*(H+p)+p, cols*(W+p)+p) for grey images, with a last axis of 3
+    for RGB; image i at row i // ncols."""
     from torchvision.utils import make_grid
 
     grid = make_grid((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=ncols, padding=padding, pad_value=0.5)
-    grid = (grid[0] * 255).round().to(torch.uint8)
+    grid = (grid * 255).round().to(torch.uint8)  # make_grid gives (3, H', W'), grey repeated
+    grid = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)
     if scale > 1:  # nearest-neighbour, so pixels stay crisp
         grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     return grid
@@ -70,18 +72,21 @@ def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
 def trajectory_frames(x: torch.Tensor, x0: torch.Tensor, scale: int = 4) -> torch.Tensor:
     """Animation frames: per step, each sample's x_t (left) and predicted x_0 (right), samples stacked.
 
-    x, x0: (F, N, 1, H, W) float in [-1, 1] -> uint8 (F, (N*(H+1)-1)*scale, (2W+1)*scale), white gaps."""
-    frames, n, _, h, w = x.shape
-    canvas = torch.ones(frames, n * (h + 1) - 1, 2 * w + 1)
+    x, x0: (F, N, C, H, W) float in [-1, 1] -> uint8 (F, (N*(H+1)-1)*scale, (2W+1)*scale), white gaps; with a last
+    axis of 3 for RGB."""
+    frames, n, c, h, w = x.shape
+    canvas = torch.ones(frames, c, n * (h + 1) - 1, 2 * w + 1)
     for i in range(n):  # a handful of samples; each assignment covers every frame at once
         rows = slice(i * (h + 1), i * (h + 1) + h)
-        canvas[:, rows, :w] = x[:, i, 0]
-        canvas[:, rows, w + 1:] = x0[:, i, 0]
-    return ((upscale(canvas, scale).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        canvas[:, :, rows, :w] = x[:, i]
+        canvas[:, :, rows, w + 1:] = x0[:, i]
+    pixels = ((upscale(canvas, scale).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels[:, 0] if c == 1 else pixels.permute(0, 2, 3, 1).contiguous()
 
 
 def encode_gif(frames: torch.Tensor, seconds_per_frame: float = 0.08, hold_last: int = 15) -> bytes:
-    """uint8 (F, H, W) -> a looping GIF's bytes; the last frame is held so the result can be seen."""
+    """uint8 (F, H, W) or (F, H, W, 3) -> a looping GIF's bytes; the last frame is held so the result can be
+    seen."""
     frames = torch.cat([frames, frames[-1:].expand(hold_last, *frames.shape[1:])])
     return iio.imwrite("<bytes>", frames.numpy(), extension=".gif", duration=int(seconds_per_frame * 1000), loop=0)
 

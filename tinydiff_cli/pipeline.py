@@ -35,8 +35,9 @@ def make_generator(seed: int, device) -> torch.Generator:
 
 def labels_for(choice: str | int | None, n: int, num_classes: int = 10) -> torch.Tensor:
     """"all" cycles 0..num_classes-1 (so a grid with num_classes columns has one class per column),
-    an int repeats that class, None/"none" gives the null class num_classes (unconditional)."""
-    if choice is None or choice == "none":
+    an int repeats that class, None/"none" gives the null class num_classes (unconditional), as does everything
+    for a model without classes (num_classes 0, trained on an unlabelled folder)."""
+    if choice is None or choice == "none" or num_classes == 0:
         return torch.full((n,), num_classes, dtype=torch.long)
     if choice == "all":
         return torch.arange(n, dtype=torch.long) % num_classes
@@ -79,7 +80,7 @@ class Pipeline:
     schedule: Schedule
     parameterization: Parameterization
     class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int] = (1, 28, 28)
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width)
     checkpoint: Checkpoint | None = None  # where it was loaded from, if it was
 
     @classmethod
@@ -105,6 +106,11 @@ class Pipeline:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def grid_columns(self) -> int:
+        """One class per column; 8 columns for a model without classes."""
+        return self.num_classes or 8
 
     @property
     def null_class(self) -> int:

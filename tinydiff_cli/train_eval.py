@@ -37,9 +37,9 @@ def save_sample_grid(pipe: Pipeline, path: Path, cfg: Config) -> Path | None:
     t = cfg.train
     if t.sample_rows == 0:
         return None
-    images = pipe.sample(pipe.labels("all", t.sample_rows * pipe.num_classes), sampler="ddim", steps=t.sample_steps,
+    images = pipe.sample(pipe.labels("all", t.sample_rows * pipe.grid_columns), sampler="ddim", steps=t.sample_steps,
                          w=t.sample_w, seed=t.seed)
-    return save_grid(images, path, ncols=pipe.num_classes)
+    return save_grid(images, path, ncols=pipe.grid_columns)
 
 
 class SampleQuality:
@@ -58,8 +58,10 @@ class SampleQuality:
                 from .classifier import get_classifier
                 from .evaluation import Scorer
 
-                classifier = get_classifier(data.dataset, data.data_dir, self.device, log=self.log)
-                self.scorer = Scorer(classifier, data.dataset, data.data_dir, pipe.num_classes)
+                from .data import load_dataset_of
+
+                dataset = load_dataset_of(data, trained_on=pipe.checkpoint.data if pipe.checkpoint else None)
+                self.scorer = Scorer(get_classifier(dataset, data.data_dir, self.device, log=self.log), dataset)
             labels = pipe.labels("all", t.eval_samples)
             images = pipe.sample(labels, sampler="ddim", steps=t.sample_steps, w=t.sample_w, seed=t.seed + 1)
             return self.scorer.score(to_uint8(images), labels)

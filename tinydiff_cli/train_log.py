@@ -25,6 +25,11 @@ class PrintReporter:
     def log(self, message: str) -> None:
         print(message)
 
+    def loading(self, done: int, total: int) -> None:
+        """Called while a folder of images is decoded (see folders.decode_all)."""
+        if done == total:
+            print(f"decoded {total} images")
+
     def finish(self) -> None:
         pass
 
@@ -36,6 +41,9 @@ class QuietReporter(PrintReporter):
         pass
 
     def log(self, message: str) -> None:
+        pass
+
+    def loading(self, done: int, total: int) -> None:
         pass
 
 

@@ -9,6 +9,7 @@ output in train_log.py, the evals in train_eval.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -21,11 +22,11 @@ import torch
 
 from . import __version__
 from .atomic import StorageError, write_text_atomic
-from .checkpoint import Checkpoint, DataInfo, TrainState, load_checkpoint, save_checkpoint
-from .config import Config, used_settings
+from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
+from .config import Config, adapt_to_image_size, used_settings, validate
 from .distributed import (Dist, agree, first_on_each_machine, is_collective_failure, mean_over_ranks,
                           reseed_other_ranks)
-from .data import CHANNELS, CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, load_split, to_model_range
+from .data import load_dataset, to_model_range
 from .ema import EMA
 from .errors import TinydiffError
 from .images import save_loss_plot
@@ -67,12 +68,27 @@ class Trainer:
         dist.check_batch(cfg.train.batch_size)
         self.reporter = (reporter or PrintReporter()) if dist.is_main else QuietReporter()  # rank 0 alone speaks
         torch.manual_seed(cfg.train.seed)
-        with first_on_each_machine(dist):  # one process per machine may download the data; the others then read it
-            self.train_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=True).to(self.device)
-            self.test_split = load_split(cfg.data.dataset, cfg.data.data_dir, train=False).to(self.device)
-        self.data = DataInfo(cfg.data.dataset, IMAGE_SIZE, CHANNELS, NUM_CLASSES, tuple(CLASS_NAMES[cfg.data.dataset]))
-        check_model_size(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES)
-        self.model = build_model(cfg.model, IMAGE_SIZE, CHANNELS, NUM_CLASSES).to(self.device)
+        with first_on_each_machine(dist):  # one process per machine may download or decode the data; the others read it
+            d = cfg.data
+            dataset = load_dataset(d.dataset, d.data_dir, image_size=d.image_size, channels=d.channels,
+                                   progress=getattr(self.reporter, "loading", None))  # optional in the protocol
+        self.train_split, self.test_split = dataset.train.to(self.device), dataset.test.to(self.device)
+        self.data = info = dataset.info
+        # The presets are written for 28x28; other sizes move the UNet's attention and the DiT's patch (see
+        # config.adapt_to_image_size), and the config that checkpoints record is the adapted one.
+        model_cfg, adapted = adapt_to_image_size(cfg.model, info.image_size)
+        self.cfg = cfg = validate(dataclasses.replace(cfg, model=model_cfg), info.image_size)
+        for line in dataset.notes + adapted:
+            self.reporter.log(line)
+        if len(self.train_split) < cfg.train.batch_size:
+            raise TinydiffError(f"the training split has {len(self.train_split)} images, fewer than one batch "
+                                f"(train.batch_size {cfg.train.batch_size}); use --batch-size {len(self.train_split)} "
+                                f"or less, or add images")
+        if cfg.train.eval_every and not info.labelled:
+            raise TinydiffError(f"train.eval_every asks for FID and class accuracy during training, but {info.dataset} "
+                                f"has no class subfolders (the classifier they need learns labels); leave eval_every at 0")
+        check_model_size(cfg.model, info.image_size, info.channels, info.num_classes)
+        self.model = build_model(cfg.model, info.image_size, info.channels, info.num_classes).to(self.device)
         # Under torchrun the forward and backward go through DDP, which averages the gradients over the ranks; the
         # EMA, the optimizer and the checkpoints hold the plain module.
         self.precision = cfg.train.precision if cfg.train.precision != "auto" else resolve_precision("auto", self.device)
@@ -172,7 +188,7 @@ class Trainer:
         # each rank keeps its rows: so N ranks compute what one process computes with the same global batch.
         bs, rows, g = self.cfg.train.batch_size, self.dist.rows(self.cfg.train.batch_size), self.generator
         drop = (torch.rand(bs, device=self.device, generator=g) < self.cfg.diffusion.p_uncond)[rows]
-        labels = torch.where(drop, torch.full_like(labels, NUM_CLASSES), labels)  # label dropout to the null class
+        labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)  # label dropout: null class
         t, eps = draw_noise(self.schedule, (bs, *x0.shape[1:]), self.device, g)
         loss = diffusion_loss(self.net, self.schedule, self.parameterization, x0, labels,
                               min_snr_gamma=self.cfg.diffusion.min_snr_gamma, noise=(t[rows], eps[rows]))

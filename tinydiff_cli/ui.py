@@ -90,6 +90,22 @@ class RichReporter:
     def log(self, message: str) -> None:
         self.progress.console.print(message, markup=False, highlight=False)
 
+    def loading(self, done: int, total: int) -> None:
+        """Decoding a folder of images: a bar of its own on a terminal (gone when done), else one line at the end."""
+        if self.plain:
+            if done == total:
+                console.print(f"decoded {total:,} images", highlight=False)
+            return
+        if getattr(self, "_loading", None) is None:
+            self._loading = Progress(TextColumn("[bold]decode images"), BarColumn(), MofNCompleteColumn(),
+                                     console=console, transient=True)
+            self._loading.start()
+            self._loading_task = self._loading.add_task("decode", total=total)
+        self._loading.update(self._loading_task, completed=done)
+        if done == total:
+            self._loading.stop()
+            self._loading = None
+
     def finish(self) -> None:
         self.progress.stop()
         if self.plain and self.fields.get("loss", "-") != "-":

@@ -45,8 +45,8 @@ def describe_file(path: Path, root: Path) -> str:
             if meta.get("format") != MODEL_FORMAT:
                 raise ValueError
             config, data, step = json.loads(meta["config"]), json.loads(meta.get("data", "{}")), meta["step"]
-        return (f"{name}: {config['model']['type']}, {config.get('preset', '?')}, "
-                f"{data.get('dataset', config['data']['dataset'])}, step {step}")
+        dataset = str(data.get("dataset", config["data"]["dataset"]))
+        return f"{name}: {config['model']['type']}, {config.get('preset', '?')}, {Path(dataset).name}, step {step}"
     except Exception:
         return f"{name}: not a readable tinydiff model"
 
@@ -95,18 +95,24 @@ def generate(pipe: Pipeline, *, label: int | None, sampler: str, steps: int | No
 class Frames:
     """Everything the page shows, rendered once per generation; the slider only indexes into it."""
 
-    x: torch.Tensor  # uint8 (steps + 1, H*scale, W*scale): the x_t the model saw at each step, then the result
+    x: torch.Tensor  # uint8 (steps + 1, H*scale, W*scale[, 3]): the x_t the model saw at each step, then the result
     x0: torch.Tensor  # uint8, the predicted x_0 at each step, then the result
     captions: list[str]
     strip: torch.Tensor  # uint8 (H*scale, k*(W*scale)): a strip of up to 12 steps of x_t over predicted x_0
     gif: bytes
 
 
+def as_pixels(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """float (F, C, H, W) in [-1, 1] -> uint8 (F, H*s, W*s) for grey, (F, H*s, W*s, 3) for RGB: what st.image shows."""
+    pixels = upscale(to_uint8(images).permute(0, 3, 1, 2), scale)  # (F, C, H*s, W*s)
+    return pixels[:, 0] if pixels.shape[1] == 1 else pixels.permute(0, 2, 3, 1).contiguous()
+
+
 def render(traj: Trajectory, scale: int = 8) -> Frames:
     steps = len(traj.timesteps)
     x, x0 = frames_with_result(traj, list(range(steps)))
     x, x0 = x[:, 0], x0[:, 0]  # the viewer shows one sample
-    as_uint8 = lambda images: upscale(to_uint8(images)[..., 0], scale)  # noqa: E731  (F, 1, H, W) -> (F, H*s, W*s)
+    as_uint8 = lambda images: as_pixels(images, scale)  # noqa: E731
     captions = [f"step {i + 1}/{steps}: t = {t}, ᾱ_t = {ab:.4f}, log-SNR = {snr:+.2f}"
                 for i, (t, ab, snr) in enumerate(zip(traj.timesteps, traj.alpha_bar, traj.log_snr))]
     captions.append(f"result after {steps} steps: the sample x_0")

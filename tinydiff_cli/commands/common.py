@@ -80,12 +80,27 @@ def load_pipeline(ckpt: Checkpoint, device: str = "auto", weights: str = "ema") 
     return Pipeline.from_checkpoint(ckpt, device=pick_device(device), weights=weights)
 
 
-def parse_digit(digit: str, num_classes: int) -> str | int | None:
+def parse_digit(digit: str, class_names) -> str | int | None:
+    """--digit: 'all', 'none', a class name (exact, else ignoring case) or a class index."""
     if digit in ("all", "none"):
         return digit
+    num_classes = len(class_names)
+    if not num_classes:
+        raise TinydiffError(f"this model has no classes (it was trained on a folder without class subfolders); "
+                            f"leave out --digit, got '{digit}'")
+    names = [str(name) for name in class_names]
+    if digit in names:  # a name first: folders named "1", "10", "2" sort as text, so "1" is not always index 1
+        return names.index(digit)
     if digit.isdigit() and 0 <= int(digit) < num_classes:
         return int(digit)
-    raise TinydiffError(f"--digit must be 0..{num_classes - 1}, 'all' or 'none', got '{digit}'")
+    found = [i for i, name in enumerate(names) if name.lower() == digit.lower()]
+    if len(found) == 1:
+        return found[0]
+    if names == [str(i) for i in range(num_classes)]:  # MNIST: the names are the indices
+        raise TinydiffError(f"--digit must be 0..{num_classes - 1}, 'all' or 'none', got '{digit}'")
+    listed = ", ".join(names[:12]) + (", ..." if num_classes > 12 else "")
+    raise TinydiffError(f"--digit must be a class index 0..{num_classes - 1}, a class name ({listed}), 'all' or "
+                        f"'none', got '{digit}'")
 
 
 def check_output(*paths: Path | None) -> None:

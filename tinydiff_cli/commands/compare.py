@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..classifier import get_classifier
 from ..compare import Plan, compare_samplers, speedup
+from ..data import load_dataset_of
 from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Scorer
@@ -62,24 +63,26 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     check_at_most_max_images(n)
     if n < 2 or show < 1:
         raise TinydiffError("--n must be at least 2 and --show at least 1")
-    choice = parse_digit(digit, ckpt.data.num_classes)
+    choice = parse_digit(digit, ckpt.data.class_names)
     check_output(out, plot)
     pipe = load_pipeline(ckpt, device)
     plans = ([Plan(pipe, "ddpm")] + [Plan(pipe, name, count) for name in names for count in counts]
              + [Plan(load_pipeline(student, device)) for student in students])
     labels = pipe.labels(choice, n)
     scorer = None
-    if evaluate:
-        data_dir = data_dir or cfg.data.data_dir
-        scorer = Scorer(get_classifier(cfg.data.dataset, data_dir, log=log.print), cfg.data.dataset, data_dir,
-                        pipe.num_classes)
+    if evaluate and not ckpt.data.labelled:
+        log.print(f"no FID or class accuracy: {ckpt.data.dataset} has no class subfolders, and the classifier they are "
+                  f"measured with needs labels; comparing time only")
+    elif evaluate:
+        data = load_dataset_of(cfg.data, data_dir, trained_on=ckpt.data)
+        scorer = Scorer(get_classifier(data, data_dir or cfg.data.data_dir, log=log.print), data)
     w, eta, seed = options.w, options.eta, options.seed
     log.print(f"comparing samplers on {n} images from {source_of(ckpt)}, w={w:g}, {describe(pipe.device)}")
     runs = compare_samplers(plans, labels, scorer=scorer, on_start=lambda name: log.print(f"  sampling {name} ..."),
                             w=w, eta=eta, seed=seed, batch_size=options.batch_size)
     rows = min(show, n)
     image_table([(f"{r.name}\n{r.seconds_per_image * 1000:.0f} ms/img", r.images[:rows]) for r in runs], out,
-                row_labels=[str(int(lbl)) if lbl < pipe.num_classes else "-" for lbl in labels[:rows]],
+                row_labels=[pipe.class_names[lbl] if lbl < pipe.num_classes else "-" for lbl in labels[:rows]],
                 title=f"same noise and labels, w={w:g}")
     results = [summary_row(r, runs[0]) for r in runs]
     if scorer is not None and plot is not None:

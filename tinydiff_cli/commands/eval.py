@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..classifier import get_classifier
-from ..data import CLASS_NAMES, DATASETS, to_uint8
+from ..classifier import check_scorable, get_classifier
+from ..data import MNIST_SIZE, is_builtin, load_dataset, load_dataset_of, to_uint8
 from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Score, Scorer
@@ -36,16 +36,19 @@ def npz_header(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype] | None
     return shape, dtype
 
 
-def read_npz(path: Path, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """arr_0 uint8 images (N, 28, 28[, 1]) and optional arr_1 integer labels in [0, num_classes); shapes and
-    dtypes are checked from the headers first, and nothing is ever unpickled (object arrays are refused)."""
+def read_npz(path: Path, num_classes: int | None = 10) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """arr_0 uint8 images (N, H, W[, C]) with C 1 or 3 and H = W, and optional arr_1 integer labels in
+    [0, num_classes); shapes and dtypes are checked from the headers first, and nothing is ever unpickled (object
+    arrays are refused). num_classes None leaves the labels' range to `check_labels`."""
     try:
         images_header, labels_header = npz_header(path, "arr_0"), npz_header(path, "arr_1")
         if images_header is None:
             raise KeyError("no arr_0")
         (shape, dtype), labels_shape = images_header, labels_header and labels_header[0]
-        if dtype != np.uint8 or len(shape) not in (3, 4) or shape[1:3] != (28, 28) or shape[3:] not in ((), (1,)):
-            raise TinydiffError(f"{path}: arr_0 must be uint8 images shaped (N, 28, 28[, 1]), got {dtype} {shape}")
+        if (dtype != np.uint8 or len(shape) not in (3, 4) or shape[1] != shape[2] or not 8 <= shape[1] <= 1024
+                or shape[3:] not in ((), (1,), (3,))):
+            raise TinydiffError(f"{path}: arr_0 must be uint8 square images shaped (N, H, W) or (N, H, W, C) with C 1 "
+                                f"or 3, got {dtype} {shape}")
         check_at_most_max_images(shape[0], flag=f"{path}: arr_0")
         if labels_header is not None and (labels_header[1].kind not in "iu" or labels_shape != (shape[0],)):
             raise TinydiffError(f"{path}: arr_1 must hold one integer label per image, got {labels_header[1]} "
@@ -57,18 +60,29 @@ def read_npz(path: Path, num_classes: int = 10) -> tuple[torch.Tensor, torch.Ten
         raise TinydiffError(f"{path} is not a sample .npz with arr_0 (and optional arr_1): {e}") from None
     if images.shape[0] < 2:
         raise TinydiffError(f"{path}: FID needs at least 2 images, arr_0 has {images.shape[0]}")
-    if labels is not None and labels.size and not (0 <= labels.min() and labels.max() < num_classes):
-        raise TinydiffError(f"{path}: arr_1 labels must be class indices 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
-    return torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    if num_classes is not None:
+        check_labels(path, labels, num_classes)
+    return torch.from_numpy(images), labels
 
 
-def sample_for_eval(ckpt: Checkpoint, *, digit: str, n: int, options: SamplingOptions, device: str, out_console):
-    """-> uint8 images, labels and what to report about how they were drawn."""
+def check_labels(path: Path, labels: torch.Tensor | None, num_classes: int) -> None:
+    if labels is not None and labels.numel() and not (0 <= labels.min() and labels.max() <= num_classes):
+        raise TinydiffError(f"{path}: arr_1 labels must be class indices 0..{num_classes - 1} (or {num_classes}, the "
+                            f"null class, for unconditional samples), got {int(labels.min())}..{int(labels.max())}")
+
+
+def check_sampling(ckpt: Checkpoint, *, digit: str, n: int, options: SamplingOptions):
+    """The flags checked against the checkpoint, before anything is loaded: -> (class choice, resolved options)."""
     check_at_most_max_images(n)
-    choice = parse_digit(digit, ckpt.data.num_classes)
+    choice = parse_digit(digit, ckpt.data.class_names)
     if n < 2:
         raise TinydiffError("--n must be at least 2: FID needs two samples or more")
-    options = options.resolve(ckpt)
+    return choice, options.resolve(ckpt)
+
+
+def sample_for_eval(ckpt: Checkpoint, *, choice, n: int, options: SamplingOptions, device: str, out_console):
+    """-> uint8 images, labels and what to report about how they were drawn."""
     pipe = load_pipeline(ckpt, device)
     labels = pipe.labels(choice, n)
     sampler = pipe.describe_sampler(options.sampler, options.steps)
@@ -85,31 +99,61 @@ def sample_for_eval(ckpt: Checkpoint, *, digit: str, n: int, options: SamplingOp
 def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, data_dir, digit: str, n: int,
              options: SamplingOptions, device: str, as_json: bool) -> Score:
     out_console = err_console if as_json else console
+    # Everything that can be checked cheaply comes first, so that nothing fails after training a classifier or
+    # sampling: the flags, the .npz's headers, whether the model's data can be scored at all.
+    ckpt = None if npz is not None else open_checkpoint(checkpoint)
     if npz is not None:
-        images, labels = read_npz(npz)
-        dataset = dataset or "mnist"
+        builtin = is_builtin(dataset or "mnist")  # 28x28 grey, 10 classes: known without loading
+        images, labels = read_npz(npz, num_classes=10 if builtin else None)
         extra = {"npz": str(npz)}
+        if builtin:
+            check_same_shape(images, (1, MNIST_SIZE, MNIST_SIZE), dataset or "mnist", npz)
     else:
-        ckpt = open_checkpoint(checkpoint)
-        dataset = dataset or ckpt.config.data.dataset
-        data_dir = data_dir or ckpt.config.data.data_dir
-        images, labels, extra = sample_for_eval(ckpt, digit=digit, n=n, options=options, device=device,
-                                                out_console=out_console)
-    if dataset not in DATASETS:
-        raise TinydiffError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
+        choice, options = check_sampling(ckpt, digit=digit, n=n, options=options)
+        check_scorable(ckpt.data)
     # with --json, stdout carries only the JSON: what torchvision prints while downloading goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        classifier = get_classifier(dataset, data_dir, log=out_console.print)
-        score = Scorer(classifier, dataset, data_dir).score(images, labels)
-    score.extra = {"dataset": dataset, **extra}
+        if ckpt is not None and (dataset is None or same_dataset(dataset, ckpt.config.data.dataset)):
+            data = load_dataset_of(ckpt.config.data, data_dir, trained_on=ckpt.data)
+        else:  # an .npz is scored at its own size (a folder is resized to it); a model against another dataset
+            c, h = (images.shape[3] if images.ndim == 4 else 1, images.shape[1]) if npz is not None else (None, None)
+            data = load_dataset(dataset or "mnist", data_dir, image_size=h, channels=c)
+            if ckpt is not None:
+                check_same_shape(torch.empty(0, *ckpt.data.shape).permute(0, 2, 3, 1), data.info.shape,
+                                 data.info.dataset, ckpt.json_path)
+        if npz is not None:
+            check_same_shape(images, data.info.shape, data.info.dataset, npz)
+            check_labels(npz, labels, data.info.num_classes)
+        classifier = get_classifier(data, data_dir or (ckpt and ckpt.config.data.data_dir), log=out_console.print)
+    if npz is None:
+        images, labels, extra = sample_for_eval(ckpt, choice=choice, n=n, options=options, device=device,
+                                                out_console=out_console)
+    score = Scorer(classifier, data).score(images, labels)
+    score.extra = {"dataset": data.info.dataset, **extra}
     if as_json:
         print(json.dumps(score.to_dict(), indent=2))
     else:
-        print_key_values(f"sample quality at N = {score.n} (compare only at equal N)", score_rows(score, CLASS_NAMES[dataset]))
+        print_key_values(f"sample quality at N = {score.n} (compare only at equal N)", score_rows(score, data.info.class_names))
     return score
 
 
-def score_rows(score: Score, class_names: list[str]) -> list[tuple[str, str]]:
+def same_dataset(given: str, stored: str) -> bool:
+    """--dataset names the dataset a model was trained on: the same built-in name, or the same folder."""
+    if is_builtin(given) or is_builtin(stored):
+        return given == stored
+    return Path(given).expanduser().resolve() == Path(stored)
+
+
+def check_same_shape(images: torch.Tensor, shape: tuple[int, int, int], dataset: str, source) -> None:
+    """uint8 (N, H, W[, C]) against the dataset's (C, H, W): one line when they differ."""
+    h, w, c = images.shape[1], images.shape[2], images.shape[3] if images.ndim == 4 else 1
+    if (c, h, w) != tuple(shape):
+        ds, dh, dw = shape
+        raise TinydiffError(f"{source} holds {h}x{w} images with {c} channel{'s' if c > 1 else ''}, but {dataset}'s "
+                            f"are {dh}x{dw} with {ds}; score them against their own dataset (--dataset)")
+
+
+def score_rows(score: Score, class_names) -> list[tuple[str, str]]:
     acc = "n/a (unconditional)" if score.class_accuracy is None else f"{score.class_accuracy:.2%}"
     return [("FID (classifier features, vs test split)", f"{score.fid:.3f}"),
             (f"real-data floor (N={score.n} train images)", f"{score.fid_real_floor:.3f}"),

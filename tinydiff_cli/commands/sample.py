@@ -23,7 +23,7 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
                device: str, weights: str, precision: str = "auto", compile: bool = False) -> None:
     check_at_most_max_images(n)
     ckpt = open_checkpoint(checkpoint)
-    choice = parse_digit(digit, ckpt.data.num_classes)
+    choice = parse_digit(digit, ckpt.data.class_names)
     if n < 1:
         raise TinydiffError("--n and --batch-size must be at least 1")
     options = options.resolve(ckpt)
@@ -42,7 +42,7 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
         start = time.perf_counter()
         images = pipe.sample(labels, **options.sample_kwargs(), callback=lambda info: bar.advance(task))
         seconds = time.perf_counter() - start
-    save_grid(images, out, ncols=pipe.num_classes if choice == "all" else math.ceil(math.sqrt(n)))
+    save_grid(images, out, ncols=pipe.num_classes if choice == "all" and pipe.num_classes else math.ceil(math.sqrt(n)))
     console.print(f"sampled {n} images in {seconds:.2f} s ({format_rate(n, seconds)}); grid -> {where(out)}")
     if npz is not None:
         arrays = to_uint8(images).numpy()

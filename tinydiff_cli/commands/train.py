@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -10,6 +11,7 @@ import yaml
 from ..checkpoint import load_checkpoint
 from ..config import (Config, apply_overrides, apply_settings, config_from_dict, config_to_dict, read_preset,
                       used_settings, validate)
+from ..data import check_dataset, check_same_data, is_builtin
 from ..device import describe
 from ..distributed import Dist, close_distributed, init_distributed
 from ..errors import TinydiffError
@@ -24,13 +26,24 @@ def holds_a_run(run_dir: Path) -> bool:
 
 
 # What a run is: changing any of these on --resume would train another model on top of this one's weights.
-IDENTITY = ("data.dataset", "model", "diffusion.schedule", "diffusion.timesteps", "diffusion.objective")
+IDENTITY = ("data.dataset", "data.image_size", "data.channels", "model", "diffusion.schedule", "diffusion.timesteps",
+            "diffusion.objective")
 
 
 def default_run_dir(cfg: Config) -> Path:
-    """runs/<preset>, with the dataset added for anything but MNIST, so that runs on two datasets do not collide."""
-    name = cfg.preset if cfg.data.dataset == "mnist" else f"{cfg.preset}-{cfg.data.dataset}"
-    return Path("runs") / name
+    """runs/<preset>, with the dataset (a folder: its name) added for anything but MNIST, so that runs on two
+    datasets do not collide."""
+    dataset = cfg.data.dataset if is_builtin(cfg.data.dataset) else Path(cfg.data.dataset).name
+    return Path("runs") / (cfg.preset if dataset == "mnist" else f"{cfg.preset}-{dataset}")
+
+
+def with_dataset_resolved(cfg: Config) -> Config:
+    """A folder dataset as its absolute path (what the checkpoint records, so that `eval` finds it from anywhere);
+    a TinydiffError for a name that is neither a built-in dataset nor a folder."""
+    check_dataset(cfg.data.dataset)
+    if is_builtin(cfg.data.dataset):
+        return cfg
+    return replace(cfg, data=replace(cfg.data, dataset=str(Path(cfg.data.dataset).expanduser().resolve())))
 
 
 def identity_changes(before: Config, after: Config) -> list[str]:
@@ -62,7 +75,8 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
     """-> (config, run folder, checkpoint to resume or None). Under torchrun only rank 0 checks the folder (the
     others could see what rank 0 has begun to write there)."""
     if resume is None:
-        cfg = validate(config_from_dict(apply_settings(apply_overrides(read_preset(preset), overrides), settings)))
+        cfg = with_dataset_resolved(validate(config_from_dict(
+            apply_settings(apply_overrides(read_preset(preset), overrides), settings))))
         run_dir = out or default_run_dir(cfg)
         if is_main:
             check_not_in_use(run_dir)
@@ -85,8 +99,8 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
     if not ckpt.is_training_checkpoint:
         raise TinydiffError(f"{ckpt.json_path} is an exported model (EMA weights only); --resume needs a training "
                             f"checkpoint such as runs/<name>/last.json")
-    cfg = validate(config_from_dict(apply_settings(apply_overrides(ckpt.meta["config"], overrides),
-                                                   budget_on_resume(settings, ckpt.meta.get("elapsed_s", 0.0)))))
+    cfg = with_dataset_resolved(validate(config_from_dict(apply_settings(
+        apply_overrides(ckpt.meta["config"], overrides), budget_on_resume(settings, ckpt.meta.get("elapsed_s", 0.0))))))
     changes = identity_changes(ckpt.config, cfg)
     if changes:
         raise TinydiffError(f"--resume continues {ckpt.json_path} as it was trained, but this would change "
@@ -113,8 +127,10 @@ def _train(cfg: Config, run_dir: Path, ckpt, dev, dist: Dist) -> int:
     compiled = ", compiled" if cfg.train.compile else ""
     console.print(f"[bold]device:[/] {describe(dev)}, {trainer.precision}{compiled}{parallel}")
     console.print("[bold]config:[/]")
+    cfg = trainer.cfg  # with the backbone adapted to the data's image size
     console.print(yaml.safe_dump(used_settings(cfg), sort_keys=False).rstrip(), highlight=False)
     if ckpt is not None:
+        check_same_data(trainer.data, ckpt.data)  # a folder may have changed since the run began
         trainer.load_state(ckpt)
         console.print(f"resuming from {ckpt.json_path} at step {trainer.step}")
         saved_by = int(ckpt.meta.get("world_size", 1))

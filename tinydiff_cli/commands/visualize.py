@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import load_split, to_model_range
+from ..data import load_dataset, to_model_range
 from ..errors import TinydiffError
 from ..schedules import SCHEDULES
 from ..ui import console, where
@@ -27,9 +27,9 @@ def run_forward(*, dataset: str, data_dir, n: int, schedule: str, timesteps: str
     if not 1 <= n <= 64:
         raise TinydiffError(f"--n must be between 1 and 64 rows, got {n}")
     steps = parse_timesteps(timesteps)
-    split = load_split(dataset, data_dir, train=False)
-    write_forward_figure(to_model_range(split.images[:n]), schedule, steps, out, seed=seed)
-    console.print(f"forward process of {n} {dataset} test images at t = {', '.join(map(str, steps))} "
+    data = load_dataset(dataset, data_dir)
+    write_forward_figure(to_model_range(data.test.images[:n]), schedule, steps, out, seed=seed)
+    console.print(f"forward process of {n} {data.info.label} test images at t = {', '.join(map(str, steps))} "
                   f"({schedule} schedule) -> {where(out)}")
 
 
@@ -40,9 +40,12 @@ def run_schedule(*, out: Path, T: int) -> None:
     console.print(f"alpha_bar_t and log-SNR for {', '.join(SCHEDULES)} (T={T}) -> {where(out)}")
 
 
-def run_denoise(*, checkpoint: Path | None, digit: str, n: int, options: SamplingOptions, out: Path, device: str) -> None:
+def run_denoise(*, checkpoint: Path | None, digit: str | None, n: int, options: SamplingOptions, out: Path,
+                device: str) -> None:
     ckpt = open_checkpoint(checkpoint)
-    choice = parse_digit(digit, ckpt.data.num_classes)
+    if digit is None:
+        digit = "3" if ckpt.data.num_classes > 3 else "all"
+    choice = parse_digit(digit, ckpt.data.class_names)
     if n < 1:
         raise TinydiffError("--n and --batch-size must be at least 1")
     if n > 16:
@@ -52,7 +55,7 @@ def run_denoise(*, checkpoint: Path | None, digit: str, n: int, options: Samplin
     traj = pipe.trajectory(pipe.labels(choice, n), sampler=options.sampler, steps=options.steps, eta=options.eta,
                            w=options.w, seed=options.seed)
     sampler = pipe.describe_sampler(options.sampler, options.steps)
-    what = "unconditional" if choice == "none" else "classes cycling" if choice == "all" else f"class {pipe.class_names[choice]}"
+    what = "unconditional" if choice == "none" or not pipe.num_classes else "classes cycling" if choice == "all" else f"class {pipe.class_names[choice]}"
     title = f"reverse process, {sampler}, w={options.w:g}, {what}: x_t (top) and the model's predicted x_0 (bottom)"
     gif, strip, frames = write_denoise_outputs(traj, out.with_suffix(".gif"), out.with_suffix(".png"), title)
     console.print(f"{sampler} took {traj.seconds:.2f} s; animation ({frames} frames) -> {where(gif)}; strip -> {where(strip)}")
