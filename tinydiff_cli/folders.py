@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .atomic import write_safetensors
-from .data import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, DataInfo, Dataset, Split, cache_root
+from .data import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, DataInfo, Dataset, Split, cache_root, reshape
 from .errors import TinydiffError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -35,6 +35,7 @@ TEST_SPLIT_NAMES = ("test", "val", "valid", "validation")
 HOLD_OUT_EVERY = 10  # every 10th image of each class is held out as the test split
 MAX_DECODED_BYTES = 2 * 2**30  # decoded RGB; the peak while decoding and caching is a few times this
 CACHE_VERSION = 1  # bump when decoding changes: older caches are then decoded again
+SET_SIZE = "--set data.image_size=N (each image is then resized, shorter side to N, and centre-cropped once)"
 
 
 @dataclass
@@ -198,12 +199,10 @@ def choose_size(files: list[Path], sizes: list[tuple[int, int]], image_size: int
     if len(counts) > 1:
         common = sorted(counts.items(), key=lambda kv: -len(kv[1]))[:3]
         listed = ", ".join(f"{len(paths)} are {w}x{h} (e.g. {paths[0].name})" for (w, h), paths in common)
-        raise TinydiffError(f"the images have different sizes: {listed}; choose one size with --set data.image_size=N "
-                            f"(each image is then resized, shorter side to N, and centre-cropped once)")
+        raise TinydiffError(f"the images have different sizes: {listed}; choose one size with {SET_SIZE}")
     (w, h), = counts
     if w != h:
-        raise TinydiffError(f"the images are {w}x{h}, not square; choose a square size with --set data.image_size=N "
-                            f"(each image is then resized, shorter side to N, and centre-cropped once)")
+        raise TinydiffError(f"the images are {w}x{h}, not square; choose a square size with {SET_SIZE}")
     if not MIN_IMAGE_SIZE <= w <= MAX_IMAGE_SIZE:
         raise TinydiffError(f"the images are {w}x{h}; tinydiff trains on sizes {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}: "
                             f"choose one with --set data.image_size=N")
@@ -257,10 +256,7 @@ def to_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
     grey = bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
     if channels == 3 or (channels is None and not grey):
         return images
-    if grey:
-        return images[:, :1].contiguous()
-    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601, as PIL's convert("L")
-    return (images.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return images[:, :1].contiguous() if grey else reshape(images, None, 1)  # luma, ITU-R 601
 
 
 # ---- the dataset -------------------------------------------------------------------------------------------------
