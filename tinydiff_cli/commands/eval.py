@@ -107,7 +107,7 @@ def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, 
         images, labels = read_npz(npz, num_classes=10 if builtin else None)
         extra = {"npz": str(npz)}
         if builtin:
-            check_same_shape(images, (1, MNIST_SIZE, MNIST_SIZE), dataset or "mnist", npz)
+            check_same_shape(npz_shape(images), (1, MNIST_SIZE, MNIST_SIZE), dataset or "mnist", npz)
     else:
         choice, options = check_sampling(ckpt, digit=digit, n=n, options=options)
         check_scorable(ckpt.data)
@@ -116,13 +116,12 @@ def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, 
         if ckpt is not None and (dataset is None or same_dataset(dataset, ckpt.config.data.dataset)):
             data = load_dataset_of(ckpt.config.data, data_dir, trained_on=ckpt.data)
         else:  # an .npz is scored at its own size (a folder is resized to it); a model against another dataset
-            c, h = (images.shape[3] if images.ndim == 4 else 1, images.shape[1]) if npz is not None else (None, None)
+            c, h, _ = npz_shape(images) if npz is not None else (None, None, None)
             data = load_dataset(dataset or "mnist", data_dir, image_size=h, channels=c)
             if ckpt is not None:
-                check_same_shape(torch.empty(0, *ckpt.data.shape).permute(0, 2, 3, 1), data.info.shape,
-                                 data.info.dataset, ckpt.json_path)
+                check_same_shape(ckpt.data.shape, data.info.shape, data.info.dataset, ckpt.json_path)
         if npz is not None:
-            check_same_shape(images, data.info.shape, data.info.dataset, npz)
+            check_same_shape(npz_shape(images), data.info.shape, data.info.dataset, npz)
             check_labels(npz, labels, data.info.num_classes)
         classifier = get_classifier(data, data_dir or (ckpt and ckpt.config.data.data_dir), log=out_console.print)
     if npz is None:
@@ -144,9 +143,14 @@ def same_dataset(given: str, stored: str) -> bool:
     return Path(given).expanduser().resolve() == Path(stored)
 
 
-def check_same_shape(images: torch.Tensor, shape: tuple[int, int, int], dataset: str, source) -> None:
-    """uint8 (N, H, W[, C]) against the dataset's (C, H, W): one line when they differ."""
-    h, w, c = images.shape[1], images.shape[2], images.shape[3] if images.ndim == 4 else 1
+def npz_shape(images: torch.Tensor) -> tuple[int, int, int]:
+    """(C, H, W) of uint8 images in the .npz layout (N, H, W[, C])."""
+    return images.shape[3] if images.ndim == 4 else 1, images.shape[1], images.shape[2]
+
+
+def check_same_shape(source_shape: tuple[int, int, int], shape: tuple[int, int, int], dataset: str, source) -> None:
+    """The (C, H, W) of `source`'s images against the dataset's: one line when they differ."""
+    c, h, w = source_shape
     if (c, h, w) != tuple(shape):
         ds, dh, dw = shape
         raise TinydiffError(f"{source} holds {h}x{w} images with {c} channel{'s' if c > 1 else ''}, but {dataset}'s "
