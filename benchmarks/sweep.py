@@ -1,14 +1,18 @@
-"""Short trainings under one wall-clock budget, each scored with `tinydiff eval`: a table and a plot.
+"""Short trainings under one budget (minutes or steps), each scored with `tinydiff eval`: a table and a plot.
 
     python benchmarks/sweep.py --budget-minutes 3 --set diffusion.objective=eps,v
     python benchmarks/sweep.py --budget-minutes 10 --set train.lr=1e-3,2e-3 --set train.batch_size=64,128 --n 2000
+    python benchmarks/sweep.py --train-steps 1100 --seeds 1,2 --set diffusion.objective=eps,v --n 2000
 
-Every combination of the --set values (their cartesian product) is one run of the real `tinydiff train --max-minutes
-B`, then `tinydiff eval --json` on its checkpoint, one after the other: two runs at once on a small machine slow
-each other several times over, which would make the budget mean nothing. It writes, in --out:
-  sweep.csv   one row per run: the settings, steps and whole epochs reached, FID, the real-data floor, class accuracy
-  sweep.md    the same as a Markdown table
-  sweep.png   FID (with the floor dashed) and class accuracy against the setting
+Every combination of the --set values (their cartesian product), once per seed of --seeds, is one run of the real
+`tinydiff train --max-minutes B` (or `--max-steps N`), then `tinydiff eval --json` on its checkpoint, one after the
+other: two runs at once on a small machine slow each other several times over, which would make a minutes budget
+mean nothing. A machine's speed also drifts between runs (10-minute runs of one preset here reached 968 to 1,155
+steps), so --train-steps gives every run the same training, and --seeds shows the spread between seeds. It writes,
+in --out:
+  sweep.csv   one row per run: the settings, seed, steps and whole epochs reached, FID, the real-data floor, accuracy
+  sweep.md    the same as a Markdown table, then (with several seeds) each setting's mean and spread
+  sweep.png   FID (with the floor dashed) and class accuracy against the setting: a dot per run, a line through means
   <run>/      each run's folder (checkpoints, loss.csv, grids), so any of them can be sampled or resumed
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import csv
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -50,45 +55,84 @@ def last_json_object(text: str) -> dict:
     return json.JSONDecoder().raw_decode(text[start:])[0]
 
 
+def budget_words(args) -> str:
+    parts = [f"{args.train_steps} steps" if args.train_steps else "", f"{args.budget_minutes:g} min" if args.budget_minutes else ""]
+    return " or ".join(p for p in parts if p)
+
+
 def sweep(args, run_cli=subprocess_cli) -> list[dict]:
     out = Path(args.out)
     rows = []
+    seeds = [int(s) for s in str(args.seeds).split(",")]
     for setting in combinations(args.set or []):
-        name = run_name(setting)
-        run_dir = out / name
-        train = ["train", "--preset", args.preset, "--out", str(run_dir), "--max-minutes", str(args.budget_minutes),
-                 "--device", args.device, "--seed", str(args.seed)]
-        train += ["--data-dir", args.data_dir] if args.data_dir else []
-        for key, value in setting.items():
-            train += ["--set", f"{key}={value}"]
-        print(f"[{len(rows) + 1}] {name}: training {args.budget_minutes:g} min", flush=True)
-        start = time.perf_counter()
-        run_cli(train)
-        meta = json.loads((run_dir / "last.json").read_text())
-        score_args = ["eval", "--checkpoint", str(run_dir), "--n", str(args.n), "--w", str(args.w), "--json",
-                      "--device", args.device]
-        score_args += ["--sampler", args.sampler] if args.sampler else []
-        score_args += ["--steps", str(args.steps)] if args.steps else []
-        score = last_json_object(run_cli(score_args))
-        rows.append({**setting, "run": name, "steps": meta["step"], "full_epochs": meta.get("epoch"),
-                     "train_minutes": round((time.perf_counter() - start) / 60, 2), "fid": round(score["fid"], 3),
-                     "fid_real_floor": round(score["fid_real_floor"], 3), "n": score["n"],
-                     "class_accuracy": score["class_accuracy"]})
-        print(f"    step {meta['step']}: FID {score['fid']:.2f} (floor {score['fid_real_floor']:.2f}), "
-              f"accuracy {score['class_accuracy']:.1%}", flush=True)
-    write_outputs(rows, out, title=f"{args.preset}, {args.budget_minutes:g} min each, eval N = {args.n}, w = {args.w:g}")
+        for seed in seeds:
+            name = run_name(setting) + (f",seed={seed}" if len(seeds) > 1 else "")
+            run_dir = out / name
+            train = ["train", "--preset", args.preset, "--out", str(run_dir), "--device", args.device, "--seed", str(seed)]
+            train += ["--max-minutes", str(args.budget_minutes)] if args.budget_minutes else []
+            train += ["--max-steps", str(args.train_steps)] if args.train_steps else []
+            train += ["--dataset", args.dataset] if args.dataset else []
+            train += ["--data-dir", args.data_dir] if args.data_dir else []
+            for key, value in setting.items():
+                train += ["--set", f"{key}={value}"]
+            print(f"[{len(rows) + 1}] {name}: training {budget_words(args)}", flush=True)
+            start = time.perf_counter()
+            run_cli(train)
+            train_minutes = (time.perf_counter() - start) / 60
+            meta = json.loads((run_dir / "last.json").read_text())
+            score_args = ["eval", "--checkpoint", str(run_dir), "--n", str(args.n), "--w", str(args.w), "--json",
+                          "--device", args.device]
+            score_args += ["--sampler", args.sampler] if args.sampler else []
+            score_args += ["--steps", str(args.steps)] if args.steps else []
+            score = last_json_object(run_cli(score_args))
+            rows.append({**setting, "seed": seed, "run": name, "steps": meta["step"], "full_epochs": meta.get("epoch"),
+                         "train_minutes": round(train_minutes, 2), "fid": round(score["fid"], 3),
+                         "fid_real_floor": round(score["fid_real_floor"], 3), "n": score["n"],
+                         "class_accuracy": score["class_accuracy"]})
+            print(f"    step {meta['step']}: FID {score['fid']:.2f} (floor {score['fid_real_floor']:.2f}), "
+                  f"accuracy {score['class_accuracy']:.1%}", flush=True)
+    data = f", {args.dataset}" if args.dataset else ""
+    write_outputs(rows, out, title=f"{args.preset}{data}, {budget_words(args)} each, eval N = {args.n}, w = {args.w:g}",
+                  keys=[key for key in rows[0] if key not in RESULT_FIELDS])
     return rows
 
 
-def write_outputs(rows: list[dict], out: Path, title: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+RESULT_FIELDS = ("seed", "run", "steps", "full_epochs", "train_minutes", "fid", "fid_real_floor", "n", "class_accuracy")
+
+
+def means_over_seeds(rows: list[dict], keys: list[str]) -> list[dict]:
+    """One row per setting: the mean and the spread (max - min) of FID and accuracy over its seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    summary = []
+    for setting, group in groups.items():
+        fids = [r["fid"] for r in group]
+        accs = [r["class_accuracy"] or 0.0 for r in group]
+        summary.append({**dict(zip(keys, setting)), "setting": run_name(dict(zip(keys, setting))), "seeds": len(group),
+                        "mean_steps": round(statistics.mean(r["steps"] for r in group)),
+                        "mean_fid": round(statistics.mean(fids), 3), "fid_spread": round(max(fids) - min(fids), 3),
+                        "fid_real_floor": round(statistics.mean(r["fid_real_floor"] for r in group), 3),
+                        "mean_class_accuracy": round(statistics.mean(accs), 4)})
+    return summary
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
     fields = list(rows[0])
+    return (["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+            + ["| " + " | ".join(str(row[k]) for k in fields) + " |" for row in rows])
+
+
+def write_outputs(rows: list[dict], out: Path, title: str, keys: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"{title}\n", "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-    lines += ["| " + " | ".join(str(row[k]) for k in fields) + " |" for row in rows]
+    summary = means_over_seeds(rows, keys)
+    lines = [f"{title}\n", *markdown_table(rows)]
+    if any(s["seeds"] > 1 for s in summary):
+        lines += ["", "Mean over seeds (spread = max - min):", "", *markdown_table(summary)]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -96,15 +140,21 @@ def write_outputs(rows: list[dict], out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [row["run"] for row in rows]
-    fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 4), 4), dpi=100)
-    ax_fid.plot(names, [row["fid"] for row in rows], "o-", label="FID")
-    ax_fid.plot(names, [row["fid_real_floor"] for row in rows], "k--", lw=1, label="real-data floor")
+    # x: one position per setting; each seed's run is a dot, the line joins the means over seeds.
+    names = [s["setting"] for s in summary]
+    position = {name: i for i, name in enumerate(names)}
+    run_x = [position[run_name({k: row[k] for k in keys})] for row in rows]
+    fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4), dpi=100)
+    ax_fid.plot(run_x, [row["fid"] for row in rows], "o", color="tab:blue", alpha=0.5)
+    ax_fid.plot(range(len(names)), [s["mean_fid"] for s in summary], "-", color="tab:blue", label="FID")
+    ax_fid.plot(range(len(names)), [s["fid_real_floor"] for s in summary], "k--", lw=1, label="real-data floor")
     ax_fid.set_ylabel(f"FID (classifier features, N = {rows[0]['n']})")
     ax_fid.legend()
-    ax_acc.plot(names, [100 * (row["class_accuracy"] or 0) for row in rows], "o-", color="tab:green")
+    ax_acc.plot(run_x, [100 * (row["class_accuracy"] or 0) for row in rows], "o", color="tab:green", alpha=0.5)
+    ax_acc.plot(range(len(names)), [100 * s["mean_class_accuracy"] for s in summary], "-", color="tab:green")
     ax_acc.set_ylabel("class accuracy (%)")
     for ax in (ax_fid, ax_acc):
+        ax.set_xticks(range(len(names)), names)
         ax.grid(alpha=0.3)
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(title)
@@ -117,17 +167,23 @@ def write_outputs(rows: list[dict], out: Path, title: str) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="unet-small")
-    parser.add_argument("--budget-minutes", type=float, required=True, help="wall-clock training budget of each run")
+    parser.add_argument("--budget-minutes", type=float, help="wall-clock training budget of each run")
+    parser.add_argument("--train-steps", type=int, help="optimizer steps of each run: the same training for every run "
+                        "however fast the machine is at the moment (with --budget-minutes, whichever ends first)")
     parser.add_argument("--set", action="append", help="KEY=V1,V2,... (repeatable; every combination is a run)")
     parser.add_argument("--n", type=int, default=2000, help="samples per eval (compare FID only at equal N)")
     parser.add_argument("--w", type=float, default=1.0)
     parser.add_argument("--sampler", default=None, help="eval's sampler [default: the engine's default]")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1: each setting runs once per seed")
+    parser.add_argument("--dataset", default=None, help="mnist, fashion-mnist or an image folder [default: the preset's]")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=f"sweeps/{time.strftime('%Y%m%d-%H%M%S')}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.budget_minutes and not args.train_steps:
+        parser.error("give --budget-minutes M, --train-steps N, or both")
+    return args
 
 
 if __name__ == "__main__":

@@ -47,5 +47,32 @@ def test_a_sweep_trains_scores_and_writes_the_table_and_the_plot(tiny_preset, da
     with open(out / "sweep.csv", newline="") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["lr=1e-3", "lr=3e-3"]
     table = (out / "sweep.md").read_text()
-    assert "| train.lr | run | steps |" in table and "| 3e-3 | lr=3e-3 |" in table
+    assert "| train.lr | seed | run | steps |" in table and "| 3e-3 | 0 | lr=3e-3 |" in table
+    assert "Mean over seeds" not in table  # one seed: nothing to average
     assert iio.imread(out / "sweep.png").ndim == 3
+
+
+def test_seeds_repeat_each_setting_at_a_fixed_step_count_and_the_means_are_written(tiny_preset, data_dir, tmp_path):
+    sweep = load_sweep()
+    out = tmp_path / "sweep"
+    args = sweep.parse_args(["--preset", str(tiny_preset), "--train-steps", "2", "--seeds", "1,2", "--n", "20",
+                             "--device", "cpu", "--data-dir", str(data_dir), "--out", str(out)])
+    rows = sweep.sweep(args, run_cli=in_process_cli)
+    assert [(row["run"], row["seed"], row["steps"]) for row in rows] == [("preset,seed=1", 1, 2), ("preset,seed=2", 2, 2)]
+    assert [yaml.safe_load((out / row["run"] / "config.yaml").read_text())["train"]["seed"] for row in rows] == [1, 2]
+    [mean] = sweep.means_over_seeds(rows, keys=[])
+    assert mean["seeds"] == 2 and mean["mean_steps"] == 2
+    assert mean["mean_fid"] == round((rows[0]["fid"] + rows[1]["fid"]) / 2, 3)
+    assert mean["fid_spread"] == round(abs(rows[0]["fid"] - rows[1]["fid"]), 3)
+    assert "Mean over seeds" in (out / "sweep.md").read_text()
+
+
+def test_means_over_seeds_group_by_setting():
+    sweep = load_sweep()
+    rows = [{"diffusion.objective": obj, "seed": seed, "steps": 10, "fid": fid, "fid_real_floor": 1.0,
+             "class_accuracy": acc} for obj, seed, fid, acc in
+            [("eps", 1, 10.0, 0.9), ("eps", 2, 12.0, 0.8), ("v", 1, 7.0, 1.0), ("v", 2, 8.0, 0.9)]]
+    summary = sweep.means_over_seeds(rows, keys=["diffusion.objective"])
+    assert [(s["setting"], s["mean_fid"], s["fid_spread"], s["mean_class_accuracy"]) for s in summary] == [
+        ("objective=eps", 11.0, 2.0, 0.85), ("objective=v", 7.5, 1.0, 0.95)]
+    assert sweep.parse_args(["--train-steps", "5"]).budget_minutes is None
