@@ -56,7 +56,8 @@ def last_json_object(text: str) -> dict:
 
 
 def budget_words(args) -> str:
-    parts = [f"{args.train_steps} steps" if args.train_steps else "", f"{args.budget_minutes:g} min" if args.budget_minutes else ""]
+    parts = [f"{args.train_steps} steps" if args.train_steps else "",
+             f"{args.budget_minutes:g} min" if args.budget_minutes else ""]
     return " or ".join(p for p in parts if p)
 
 
@@ -68,7 +69,8 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
         for seed in seeds:
             name = run_name(setting) + (f",seed={seed}" if len(seeds) > 1 else "")
             run_dir = out / name
-            train = ["train", "--preset", args.preset, "--out", str(run_dir), "--device", args.device, "--seed", str(seed)]
+            train = ["train", "--preset", args.preset, "--out", str(run_dir), "--device", args.device,
+                     "--seed", str(seed)]
             train += ["--max-minutes", str(args.budget_minutes)] if args.budget_minutes else []
             train += ["--max-steps", str(args.train_steps)] if args.train_steps else []
             train += ["--dataset", args.dataset] if args.dataset else []
@@ -176,7 +178,8 @@ def parse_args(argv=None):
     parser.add_argument("--sampler", default=None, help="eval's sampler [default: the engine's default]")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1: each setting runs once per seed")
-    parser.add_argument("--dataset", default=None, help="mnist, fashion-mnist or an image folder [default: the preset's]")
+    parser.add_argument("--dataset", default=None,
+                        help="mnist, fashion-mnist or an image folder [default: the preset's]")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=f"sweeps/{time.strftime('%Y%m%d-%H%M%S')}")

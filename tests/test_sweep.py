@@ -58,7 +58,8 @@ def test_seeds_repeat_each_setting_at_a_fixed_step_count_and_the_means_are_writt
     args = sweep.parse_args(["--preset", str(tiny_preset), "--train-steps", "2", "--seeds", "1,2", "--n", "20",
                              "--device", "cpu", "--data-dir", str(data_dir), "--out", str(out)])
     rows = sweep.sweep(args, run_cli=in_process_cli)
-    assert [(row["run"], row["seed"], row["steps"]) for row in rows] == [("preset,seed=1", 1, 2), ("preset,seed=2", 2, 2)]
+    assert [(row["run"], row["seed"], row["steps"]) for row in rows] == [
+        ("preset,seed=1", 1, 2), ("preset,seed=2", 2, 2)]
     assert [yaml.safe_load((out / row["run"] / "config.yaml").read_text())["train"]["seed"] for row in rows] == [1, 2]
     [mean] = sweep.means_over_seeds(rows, keys=[])
     assert mean["seeds"] == 2 and mean["mean_steps"] == 2
