@@ -3,16 +3,22 @@
     python benchmarks/sweep.py --budget-minutes 3 --set diffusion.objective=eps,v
     python benchmarks/sweep.py --budget-minutes 10 --set train.lr=1e-3,2e-3 --set train.batch_size=64,128 --n 2000
     python benchmarks/sweep.py --train-steps 1100 --seeds 1,2 --set diffusion.objective=eps,v --n 2000
+    python benchmarks/sweep.py --train-steps 2200 --seeds 1 --w 0.25,0.5,0.75,1 --n 2000
 
 Every combination of the --set values (their cartesian product), once per seed of --seeds, is one run of the real
 `tinydiff train --max-minutes B` (or `--max-steps N`), then `tinydiff eval --json` on its checkpoint, one after the
 other: two runs at once on a small machine slow each other several times over, which would make a minutes budget
 mean nothing. A machine's speed also drifts between runs (10-minute runs of one preset here reached 968 to 1,155
-steps), so --train-steps gives every run the same training, and --seeds shows the spread between seeds. It writes,
-in --out:
-  sweep.csv   one row per run: the settings, seed, steps and whole epochs reached, FID, the real-data floor, accuracy
-  sweep.md    the same as a Markdown table, then (with several seeds) each setting's mean and spread
-  sweep.png   FID (with the floor dashed) and class accuracy against the setting: a dot per run, a line through means
+steps), so --train-steps gives every run the same training, and --seeds shows the spread between seeds. Several
+guidance weights (--w 0.5,1) score every trained model at each w: sampling is cheap next to training, and the best w
+moves with the training (on unet-small, w = 1 wins at 1,100 steps and w = 0.5 at 2,200), so settings are best
+compared each at its own best w. It writes, in --out:
+  sweep.csv   one row per run and w: the settings, seed, steps and whole epochs reached, w, FID, the real-data floor,
+              accuracy
+  sweep.md    the same as a Markdown table; with several seeds, each setting's mean and spread; with several w, each
+              setting's best w (the lowest mean FID)
+  sweep.png   FID (with the floor dashed) and class accuracy against the setting, one line per w (against w when only
+              w varies): a dot per run, a line through the means over seeds
   <run>/      each run's folder (checkpoints, loss.csv, grids), so any of them can be sampled or resumed
 """
 from __future__ import annotations
@@ -65,6 +71,7 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
     out = Path(args.out)
     rows = []
     seeds = [int(s) for s in str(args.seeds).split(",")]
+    weights = guidance_weights(args.w)
     for setting in combinations(args.set or []):
         for seed in seeds:
             name = run_name(setting) + (f",seed={seed}" if len(seeds) > 1 else "")
@@ -82,41 +89,64 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
             run_cli(train)
             train_minutes = (time.perf_counter() - start) / 60
             meta = json.loads((run_dir / "last.json").read_text())
-            score_args = ["eval", "--checkpoint", str(run_dir), "--n", str(args.n), "--w", str(args.w), "--json",
-                          "--device", args.device]
-            score_args += ["--sampler", args.sampler] if args.sampler else []
-            score_args += ["--steps", str(args.steps)] if args.steps else []
-            score = last_json_object(run_cli(score_args))
-            rows.append({**setting, "seed": seed, "run": name, "steps": meta["step"], "full_epochs": meta.get("epoch"),
-                         "train_minutes": round(train_minutes, 2), "fid": round(score["fid"], 3),
-                         "fid_real_floor": round(score["fid_real_floor"], 3), "n": score["n"],
-                         "class_accuracy": score["class_accuracy"]})
-            print(f"    step {meta['step']}: FID {score['fid']:.2f} (floor {score['fid_real_floor']:.2f}), "
-                  f"accuracy {score['class_accuracy']:.1%}", flush=True)
+            for w in weights:
+                score_args = ["eval", "--checkpoint", str(run_dir), "--n", str(args.n), "--w", f"{w:g}", "--json",
+                              "--device", args.device]
+                score_args += ["--sampler", args.sampler] if args.sampler else []
+                score_args += ["--steps", str(args.steps)] if args.steps else []
+                score = last_json_object(run_cli(score_args))
+                rows.append({**setting, "seed": seed, "run": name, "steps": meta["step"],
+                             "full_epochs": meta.get("epoch"), "train_minutes": round(train_minutes, 2), "w": w,
+                             "fid": round(score["fid"], 3), "fid_real_floor": round(score["fid_real_floor"], 3),
+                             "n": score["n"], "class_accuracy": score["class_accuracy"]})
+                print(f"    step {meta['step']}, w {w:g}: FID {score['fid']:.2f} (floor {score['fid_real_floor']:.2f}), "
+                      f"accuracy {score['class_accuracy']:.1%}", flush=True)
     data = f", {args.dataset}" if args.dataset else ""
-    write_outputs(rows, out, title=f"{args.preset}{data}, {budget_words(args)} each, eval N = {args.n}, w = {args.w:g}",
+    w_words = ", ".join(f"{w:g}" for w in weights)
+    write_outputs(rows, out, title=f"{args.preset}{data}, {budget_words(args)} each, eval N = {args.n}, w = {w_words}",
                   keys=[key for key in rows[0] if key not in RESULT_FIELDS])
     return rows
 
 
-RESULT_FIELDS = ("seed", "run", "steps", "full_epochs", "train_minutes", "fid", "fid_real_floor", "n", "class_accuracy")
+RESULT_FIELDS = ("seed", "run", "steps", "full_epochs", "train_minutes", "w", "fid", "fid_real_floor", "n",
+                 "class_accuracy")
+
+
+def guidance_weights(text) -> list[float]:
+    """"0.5,1" -> [0.5, 1.0]: the guidance weights every trained model is scored at."""
+    try:
+        weights = [float(w) for w in str(text).split(",")]
+    except ValueError:
+        raise SystemExit(f"--w takes guidance weights such as 1 or 0.5,1, got {text!r}") from None
+    if any(w < 0 for w in weights) or len(set(weights)) != len(weights):
+        raise SystemExit(f"--w takes distinct weights >= 0, got {text!r}")
+    return weights
 
 
 def means_over_seeds(rows: list[dict], keys: list[str]) -> list[dict]:
-    """One row per setting: the mean and the spread (max - min) of FID and accuracy over its seeds."""
+    """One row per setting and w: the mean and the spread (max - min) of FID and accuracy over its seeds."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+        groups.setdefault((tuple(row[k] for k in keys), row.get("w", 1.0)), []).append(row)
     summary = []
-    for setting, group in groups.items():
+    for (setting, w), group in groups.items():
         fids = [r["fid"] for r in group]
         accs = [r["class_accuracy"] or 0.0 for r in group]
-        summary.append({**dict(zip(keys, setting)), "setting": run_name(dict(zip(keys, setting))), "seeds": len(group),
-                        "mean_steps": round(statistics.mean(r["steps"] for r in group)),
+        summary.append({**dict(zip(keys, setting)), "setting": run_name(dict(zip(keys, setting))), "w": w,
+                        "seeds": len(group), "mean_steps": round(statistics.mean(r["steps"] for r in group)),
                         "mean_fid": round(statistics.mean(fids), 3), "fid_spread": round(max(fids) - min(fids), 3),
                         "fid_real_floor": round(statistics.mean(r["fid_real_floor"] for r in group), 3),
                         "mean_class_accuracy": round(statistics.mean(accs), 4)})
     return summary
+
+
+def best_guidance(summary: list[dict]) -> list[dict]:
+    """Each setting's row of `means_over_seeds` with the lowest mean FID over the guidance weights it was scored at."""
+    best: dict[str, dict] = {}
+    for row in summary:
+        if row["setting"] not in best or row["mean_fid"] < best[row["setting"]]["mean_fid"]:
+            best[row["setting"]] = row
+    return list(best.values())
 
 
 def markdown_table(rows: list[dict]) -> list[str]:
@@ -132,9 +162,13 @@ def write_outputs(rows: list[dict], out: Path, title: str, keys: list[str]) -> N
         writer.writeheader()
         writer.writerows(rows)
     summary = means_over_seeds(rows, keys)
+    weights = list(dict.fromkeys(s["w"] for s in summary))
     lines = [f"{title}\n", *markdown_table(rows)]
     if any(s["seeds"] > 1 for s in summary):
         lines += ["", "Mean over seeds (spread = max - min):", "", *markdown_table(summary)]
+    if len(weights) > 1:
+        lines += ["", "Each setting at its best guidance weight (lowest mean FID):", "",
+                  *markdown_table(best_guidance(summary))]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -142,23 +176,40 @@ def write_outputs(rows: list[dict], out: Path, title: str, keys: list[str]) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # x: one position per setting; each seed's run is a dot, the line joins the means over seeds.
-    names = [s["setting"] for s in summary]
-    position = {name: i for i, name in enumerate(names)}
-    run_x = [position[run_name({k: row[k] for k in keys})] for row in rows]
+    # x: one position per setting (per w when only w varies); each seed's run is a dot, a line joins the means over
+    # seeds, one line per w.
+    names = list(dict.fromkeys(s["setting"] for s in summary))
+    against_w = len(names) == 1 and len(weights) > 1
+    if against_w:
+        lines_of = {names[0]: summary}
+        x_of = {w: w for w in weights}
+        ticks, labels = weights, [f"{w:g}" for w in weights]
+    else:
+        lines_of = {w: [s for s in summary if s["w"] == w] for w in weights}
+        x_of = {name: i for i, name in enumerate(names)}
+        ticks, labels = list(range(len(names))), names
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4), dpi=100)
-    ax_fid.plot(run_x, [row["fid"] for row in rows], "o", color="tab:blue", alpha=0.5)
-    ax_fid.plot(range(len(names)), [s["mean_fid"] for s in summary], "-", color="tab:blue", label="FID")
-    ax_fid.plot(range(len(names)), [s["fid_real_floor"] for s in summary], "k--", lw=1, label="real-data floor")
+    for i, (line, points) in enumerate(lines_of.items()):
+        color = f"C{i}"
+        label = "FID" if against_w or len(weights) == 1 else f"FID, w = {line:g}"
+        xs = [x_of[s["w"] if against_w else s["setting"]] for s in points]
+        runs = [r for r in rows if against_w or r["w"] == line]
+        run_xs = [x_of[r["w"] if against_w else run_name({k: r[k] for k in keys})] for r in runs]
+        ax_fid.plot(run_xs, [r["fid"] for r in runs], "o", color=color, alpha=0.5)
+        ax_fid.plot(xs, [s["mean_fid"] for s in points], "-", color=color, label=label)
+        ax_acc.plot(run_xs, [100 * (r["class_accuracy"] or 0) for r in runs], "o", color=color, alpha=0.5)
+        ax_acc.plot(xs, [100 * s["mean_class_accuracy"] for s in points], "-", color=color)
+    floor = statistics.mean(s["fid_real_floor"] for s in summary)
+    ax_fid.axhline(floor, color="k", ls="--", lw=1, label="real-data floor")
     ax_fid.set_ylabel(f"FID (classifier features, N = {rows[0]['n']})")
     ax_fid.legend()
-    ax_acc.plot(run_x, [100 * (row["class_accuracy"] or 0) for row in rows], "o", color="tab:green", alpha=0.5)
-    ax_acc.plot(range(len(names)), [100 * s["mean_class_accuracy"] for s in summary], "-", color="tab:green")
     ax_acc.set_ylabel("class accuracy (%)")
     for ax in (ax_fid, ax_acc):
-        ax.set_xticks(range(len(names)), names)
+        ax.set_xticks(ticks, labels)
         ax.grid(alpha=0.3)
         ax.tick_params(axis="x", rotation=30)
+        if against_w:
+            ax.set_xlabel("guidance weight w")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out / "sweep.png")
@@ -174,7 +225,8 @@ def parse_args(argv=None):
                         "however fast the machine is at the moment (with --budget-minutes, whichever ends first)")
     parser.add_argument("--set", action="append", help="KEY=V1,V2,... (repeatable; every combination is a run)")
     parser.add_argument("--n", type=int, default=2000, help="samples per eval (compare FID only at equal N)")
-    parser.add_argument("--w", type=float, default=1.0)
+    parser.add_argument("--w", default="1", help="guidance weight(s) of the evals, e.g. 0.5,1: each trained model is "
+                        "scored at every one")
     parser.add_argument("--sampler", default=None, help="eval's sampler [default: the engine's default]")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1: each setting runs once per seed")
@@ -186,6 +238,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.budget_minutes and not args.train_steps:
         parser.error("give --budget-minutes M, --train-steps N, or both")
+    guidance_weights(args.w)  # a bad --w stops here, before any training
     return args
 
 

@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import imageio.v3 as iio
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -77,3 +78,41 @@ def test_means_over_seeds_group_by_setting():
     assert [(s["setting"], s["mean_fid"], s["fid_spread"], s["mean_class_accuracy"]) for s in summary] == [
         ("objective=eps", 11.0, 2.0, 0.85), ("objective=v", 7.5, 1.0, 0.95)]
     assert sweep.parse_args(["--train-steps", "5"]).budget_minutes is None
+
+
+def test_several_guidance_weights_score_each_trained_model_at_every_w(tiny_preset, data_dir, tmp_path):
+    sweep = load_sweep()
+    out = tmp_path / "sweep"
+    calls = []
+
+    def recording_cli(args):
+        calls.append(args[0])
+        stdout = in_process_cli(args)
+        if args[0] == "eval":  # the eval really ran at the w the row says
+            assert sweep.last_json_object(stdout)["extra"]["w"] == float(args[args.index("--w") + 1])
+        return stdout
+
+    args = sweep.parse_args(["--preset", str(tiny_preset), "--train-steps", "2", "--w", "0,1.5", "--n", "20",
+                             "--device", "cpu", "--data-dir", str(data_dir), "--out", str(out)])
+    rows = sweep.sweep(args, run_cli=recording_cli)
+    assert calls == ["train", "eval", "eval"]  # one training, scored twice
+    assert [(row["run"], row["w"]) for row in rows] == [("preset", 0.0), ("preset", 1.5)]
+    table = (out / "sweep.md").read_text()
+    assert "w = 0, 1.5" in table and "best guidance weight" in table
+    assert iio.imread(out / "sweep.png").ndim == 3
+
+
+def test_best_guidance_picks_each_settings_lowest_mean_fid():
+    sweep = load_sweep()
+    rows = [{"train.lr": lr, "seed": seed, "steps": 10, "w": w, "fid": fid, "fid_real_floor": 1.0,
+             "class_accuracy": 0.9} for lr, seed, w, fid in
+            [("1e-3", 1, 0.5, 6.0), ("1e-3", 2, 0.5, 8.0), ("1e-3", 1, 1.0, 9.0), ("1e-3", 2, 1.0, 3.0),
+             ("2e-3", 1, 0.5, 4.0), ("2e-3", 1, 1.0, 5.0)]]
+    summary = sweep.means_over_seeds(rows, keys=["train.lr"])
+    assert [(s["setting"], s["w"], s["mean_fid"]) for s in summary] == [
+        ("lr=1e-3", 0.5, 7.0), ("lr=1e-3", 1.0, 6.0), ("lr=2e-3", 0.5, 4.0), ("lr=2e-3", 1.0, 5.0)]
+    assert [(s["setting"], s["w"]) for s in sweep.best_guidance(summary)] == [("lr=1e-3", 1.0), ("lr=2e-3", 0.5)]
+    assert sweep.guidance_weights("0.5,1") == [0.5, 1.0]
+    for bad in ("1,x", "-1", "1,1"):
+        with pytest.raises(SystemExit, match="--w"):
+            sweep.guidance_weights(bad)
