@@ -3,7 +3,7 @@
     python benchmarks/sweep.py --budget-minutes 3 --set diffusion.objective=eps,v
     python benchmarks/sweep.py --budget-minutes 10 --set train.lr=1e-3,2e-3 --set train.batch_size=64,128 --n 2000
     python benchmarks/sweep.py --train-steps 1100 --seeds 1,2 --set diffusion.objective=eps,v --n 2000
-    python benchmarks/sweep.py --train-steps 2200 --seeds 1 --w 0.25,0.5,0.75,1 --n 2000
+    python benchmarks/sweep.py --train-steps 1100,2200,4400 --seeds 1 --w 0.25,0.5,1 --n 2000   # quality vs budget
 
 Every combination of the --set values (their cartesian product), once per seed of --seeds, is one run of the real
 `tinydiff train --max-minutes B` (or `--max-steps N`), then `tinydiff eval --json` on its checkpoint, one after the
@@ -12,7 +12,8 @@ mean nothing. A machine's speed also drifts between runs (10-minute runs of one 
 steps), so --train-steps gives every run the same training, and --seeds shows the spread between seeds. Several
 guidance weights (--w 0.5,1) score every trained model at each w: sampling is cheap next to training, and the best w
 moves with the training (on unet-small, w = 1 wins at 1,100 steps and w = 0.5 at 2,200), so settings are best
-compared each at its own best w. It writes, in --out:
+compared each at its own best w. Several step counts (--train-steps 1100,2200) are one more setting,
+train.max_steps: each is a whole run whose learning rate decays over its own length. It writes, in --out:
   sweep.csv   one row per run and w: the settings, seed, steps and whole epochs reached, w, FID, the real-data floor,
               accuracy
   sweep.md    the same as a Markdown table; with several seeds, each setting's mean and spread; with several w, each
@@ -62,7 +63,7 @@ def last_json_object(text: str) -> dict:
 
 
 def budget_words(args) -> str:
-    parts = [f"{args.train_steps} steps" if args.train_steps else "",
+    parts = [f"{args.train_steps.replace(',', '/')} steps" if args.train_steps else "",
              f"{args.budget_minutes:g} min" if args.budget_minutes else ""]
     return " or ".join(p for p in parts if p)
 
@@ -72,14 +73,17 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
     rows = []
     seeds = [int(s) for s in str(args.seeds).split(",")]
     weights = guidance_weights(args.w)
-    for setting in combinations(args.set or []):
+    budgets = step_budgets(args.train_steps)
+    # several step counts: one more axis of settings (a whole run each, its LR decaying over its own length)
+    axes = ([f"train.max_steps={args.train_steps}"] if len(budgets) > 1 else []) + (args.set or [])
+    for setting in combinations(axes):
         for seed in seeds:
             name = run_name(setting) + (f",seed={seed}" if len(seeds) > 1 else "")
             run_dir = out / name
             train = ["train", "--preset", args.preset, "--out", str(run_dir), "--device", args.device,
                      "--seed", str(seed)]
             train += ["--max-minutes", str(args.budget_minutes)] if args.budget_minutes else []
-            train += ["--max-steps", str(args.train_steps)] if args.train_steps else []
+            train += ["--max-steps", str(budgets[0])] if len(budgets) == 1 else []
             train += ["--dataset", args.dataset] if args.dataset else []
             train += ["--data-dir", args.data_dir] if args.data_dir else []
             for key, value in setting.items():
@@ -110,6 +114,19 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
 
 RESULT_FIELDS = ("seed", "run", "steps", "full_epochs", "train_minutes", "w", "fid", "fid_real_floor", "n",
                  "class_accuracy")
+
+
+def step_budgets(text) -> list[int]:
+    """"1100,2200" -> [1100, 2200]; None (no step budget) -> []."""
+    if text is None:
+        return []
+    try:
+        budgets = [int(n) for n in str(text).split(",")]
+    except ValueError:
+        raise SystemExit(f"--train-steps takes step counts such as 1100 or 1100,2200, got {text!r}") from None
+    if any(n < 1 for n in budgets) or len(set(budgets)) != len(budgets):
+        raise SystemExit(f"--train-steps takes distinct positive step counts, got {text!r}")
+    return budgets
 
 
 def guidance_weights(text) -> list[float]:
@@ -221,8 +238,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="unet-small")
     parser.add_argument("--budget-minutes", type=float, help="wall-clock training budget of each run")
-    parser.add_argument("--train-steps", type=int, help="optimizer steps of each run: the same training for every run "
-                        "however fast the machine is at the moment (with --budget-minutes, whichever ends first)")
+    parser.add_argument("--train-steps", help="optimizer steps of each run: the same training for every run however "
+                        "fast the machine is at the moment (with --budget-minutes, whichever ends first); several, "
+                        "e.g. 1100,2200: a run for each (the quality-vs-budget curve)")
     parser.add_argument("--set", action="append", help="KEY=V1,V2,... (repeatable; every combination is a run)")
     parser.add_argument("--n", type=int, default=2000, help="samples per eval (compare FID only at equal N)")
     parser.add_argument("--w", default="1", help="guidance weight(s) of the evals, e.g. 0.5,1: each trained model is "
@@ -238,7 +256,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.budget_minutes and not args.train_steps:
         parser.error("give --budget-minutes M, --train-steps N, or both")
-    guidance_weights(args.w)  # a bad --w stops here, before any training
+    guidance_weights(args.w), step_budgets(args.train_steps)  # bad values stop here, before any training
     return args
 
 

@@ -116,3 +116,18 @@ def test_best_guidance_picks_each_settings_lowest_mean_fid():
     for bad in ("1,x", "-1", "1,1"):
         with pytest.raises(SystemExit, match="--w"):
             sweep.guidance_weights(bad)
+
+
+def test_several_step_counts_are_whole_runs_of_each_length(tiny_preset, data_dir, tmp_path):
+    sweep = load_sweep()
+    out = tmp_path / "sweep"
+    args = sweep.parse_args(["--preset", str(tiny_preset), "--train-steps", "1,3", "--n", "20", "--device", "cpu",
+                             "--data-dir", str(data_dir), "--out", str(out)])
+    rows = sweep.sweep(args, run_cli=in_process_cli)
+    assert [(row["train.max_steps"], row["run"], row["steps"]) for row in rows] == [
+        ("1", "max_steps=1", 1), ("3", "max_steps=3", 3)]
+    assert yaml.safe_load((out / "max_steps=3" / "config.yaml").read_text())["train"]["max_steps"] == 3
+    assert "1/3 steps each" in (out / "sweep.md").read_text()
+    for bad in ("0", "5,x", "2,2"):
+        with pytest.raises(SystemExit, match="--train-steps"):
+            sweep.step_budgets(bad)
