@@ -124,6 +124,27 @@ def test_sample_is_reproducible_with_a_seed(trained_run, tmp_path):
     assert not np.array_equal(images["a"], images["c"])
 
 
+
+def test_without_w_a_model_samples_at_its_own_guidance_weight(tiny_preset, data_dir, tmp_path):
+    """train.sample_w is the model's guidance weight: sample, eval and compare default to it; --w overrides it."""
+    run = tmp_path / "run"
+    result = invoke("train", "--preset", tiny_preset, "--data-dir", data_dir, "--out", run, "--max-steps", "2",
+                    "--device", "cpu", "--set", "train.sample_w=3")
+    assert result.exit_code == 0, result.output
+    images = {}
+    for name, flags in (("default", []), ("w3", ["--w", "3"]), ("w1", ["--w", "1"])):
+        result = invoke("sample", "--checkpoint", run, "--n", "6", "--out", tmp_path / f"{name}.png",
+                        "--npz", tmp_path / f"{name}.npz", "--device", "cpu", *flags)
+        assert result.exit_code == 0, result.output
+        images[name] = np.load(tmp_path / f"{name}.npz")["arr_0"]
+        assert f"w={3 if name != 'w1' else 1}," in result.output
+    np.testing.assert_array_equal(images["default"], images["w3"])
+    assert not np.array_equal(images["default"], images["w1"])
+    for w_flags, expected in (([], 3.0), (["--w", "0.5"], 0.5)):
+        result = invoke("eval", "--checkpoint", run, "--n", "10", "--json", "--device", "cpu", *w_flags)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout[result.stdout.index("{"):])["extra"]["w"] == expected
+
 def test_typed_flags_are_not_parsed_as_yaml(tiny_preset, tmp_path):
     """A data folder named like a YAML number stays a path."""
     from conftest import make_mnist

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from tinydiff_cli.checkpoint import DataInfo
-from tinydiff_cli.pipeline import Pipeline, labels_for
+from tinydiff_cli.config import Config, TrainConfig
+from tinydiff_cli.pipeline import Pipeline, default_guidance, labels_for
 from tinydiff_cli.samplers import SAMPLERS, sampler_timesteps
 
 
@@ -77,3 +78,12 @@ def test_the_default_sampler_is_the_measured_one_and_the_cli_says_so(pipe):
     assert len(pipe.timesteps()) == DEFAULT_STEPS and len(pipe.timesteps("ddpm")) == pipe.T
     assert f"{DEFAULT_SAMPLER} with {DEFAULT_STEPS} steps" in typing.get_args(SamplerOption)[1].help
     assert f"default: {DEFAULT_STEPS} without --sampler" in typing.get_args(StepsOption)[1].help
+
+
+def test_default_guidance_is_the_models_sample_w_inside_a_students_range(pipe):
+    from tinydiff_cli.checkpoint import DistillInfo
+
+    assert pipe.default_w == pipe.checkpoint.config.train.sample_w == 1.0
+    assert default_guidance(Config(train=TrainConfig(sample_w=2.5))) == 2.5
+    assert default_guidance(Config(train=TrainConfig(sample_w=2.5)), DistillInfo("ddim", 2, 0.0, 2.0)) == 2.0
+    assert default_guidance(Config(train=TrainConfig(sample_w=0.5)), DistillInfo("ddim", 2, 1.0, 2.0)) == 1.0

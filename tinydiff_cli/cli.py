@@ -42,7 +42,8 @@ SamplerOption = Annotated[Optional[str], typer.Option(
     help="A sampler of the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: dpm++2m with 5 steps; a distilled model's own]")]
 StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: 5 without --sampler (a distilled model: its own), all T with it]")]
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
-GuidanceOption = Annotated[float, typer.Option("--w", help=GUIDANCE_HELP)]
+GuidanceOption = Annotated[Optional[float], typer.Option(
+    "--w", help=GUIDANCE_HELP + " \\[default: the model's own, train.sample_w: 1 for the MNIST presets]")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
 DigitOption = Annotated[str, typer.Option("--digit", help="Class: its index (0-9 for MNIST) or its name (an image folder's class subfolder), 'all' (classes cycle: one per grid column) or 'none' (unconditional).")]
 SampleBatchOption = Annotated[Optional[int], typer.Option(
@@ -55,7 +56,7 @@ CompileOption = Annotated[Optional[bool], typer.Option("--compile/--no-compile",
 
 # The sampler flags of `sample`, `eval` and `visualize denoise`: name -> (declaration, default).
 SAMPLING_FLAGS = {"ddim": (DdimOption, None), "sampler": (SamplerOption, None), "steps": (StepsOption, None),
-                  "eta": (EtaOption, 0.0), "w": (GuidanceOption, 1.0), "seed": (SeedOption, 0)}
+                  "eta": (EtaOption, 0.0), "w": (GuidanceOption, None), "seed": (SeedOption, 0)}
 
 
 def sampling_flags(command):
@@ -264,7 +265,7 @@ def compare(
     distilled: Annotated[Optional[list[Path]], typer.Option("--distilled", help="A distilled model (from `tinydiff distill`) to compare too, at its own steps (repeatable).")] = None,
     n: Annotated[int, typer.Option(help="Samples per sampler (FID depends on N: compare at equal N).")] = 50,
     digit: DigitOption = "all",
-    w: GuidanceOption = 1.0,
+    w: GuidanceOption = None,
     eta: EtaOption = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed: every sampler starts from the same noise.")] = 0,
     show: Annotated[int, typer.Option(help="Rows of the side-by-side grid.")] = 10,

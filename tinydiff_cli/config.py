@@ -78,6 +78,8 @@ class TrainConfig:
     eval_every: int = 0  # steps between sample-quality evals (FID, class accuracy); 0 = off
     eval_samples: int = 500  # samples per sample-quality eval (FID is biased at small N: compare at equal N)
     sample_steps: int = 20  # DDIM steps for the per-epoch sample grid
+    # The model's guidance weight: what its training grids use and what sample, eval, compare and the app default to.
+    # The best w depends on the data and on how long the model trained (README, "Why these defaults").
     sample_w: float = 1.0
     sample_rows: int = 4
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto: bf16 on a GPU that has it, else fp32

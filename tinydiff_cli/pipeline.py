@@ -59,6 +59,13 @@ def resolve_sampling(distilled: DistillInfo | None, sampler: str | None, steps: 
     return sampler, steps
 
 
+def default_guidance(config: Config, distilled: DistillInfo | None = None) -> float:
+    """The guidance weight to sample with when none is given: the model's train.sample_w (each preset's measured best;
+    see the README's "Why these defaults"), moved inside the w range a distilled student learned."""
+    w = config.train.sample_w
+    return min(max(w, distilled.w_min), distilled.w_max) if distilled is not None else w
+
+
 @dataclass
 class Trajectory:
     """The reverse process, step by step: x[0] is the initial noise, x[i + 1] and x0[i] come from step i."""
@@ -124,6 +131,11 @@ class Pipeline:
     def distilled(self) -> DistillInfo | None:
         """What a student from `tinydiff distill` was distilled for (its sampler, steps and w range); else None."""
         return self.checkpoint.distilled if self.checkpoint is not None else None
+
+    @property
+    def default_w(self) -> float:
+        """The guidance weight this model samples with by default (see `default_guidance`)."""
+        return default_guidance(self.checkpoint.config if self.checkpoint else Config(), self.distilled)
 
     @property
     def takes_w(self) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint
 from ..device import pick_device
 from ..errors import TinydiffError
-from ..pipeline import Pipeline, resolve_sampling
+from ..pipeline import Pipeline, default_guidance, resolve_sampling
 from ..samplers import sampler_timesteps
 
 
@@ -26,19 +26,20 @@ def check_at_most_max_images(n: int, flag: str = "--n") -> None:
 class SamplingOptions:
     """How to draw: a sampler from the registry and its steps (both None: the model's default, see
     pipeline.resolve_sampling; a sampler without steps: all T), eta (for samplers that take it), the guidance weight
-    w, the seed and the images per forward batch (None: the device's default)."""
+    w (None: the model's own, pipeline.default_guidance), the seed and the images per forward batch (None: the
+    device's default)."""
 
     sampler: str | None = None
     steps: int | None = None
     eta: float = 0.0
-    w: float = 1.0
+    w: float | None = None
     seed: int = 0
     batch_size: int | None = None
     steps_flag: str = field(default="--steps", compare=False)  # which flag set `steps`, for error messages
 
     @classmethod
-    def from_flags(cls, *, ddim: int | None, sampler: str | None, steps: int | None, eta: float, w: float, seed: int,
-                   batch_size: int | None = None) -> "SamplingOptions":
+    def from_flags(cls, *, ddim: int | None, sampler: str | None, steps: int | None, eta: float, w: float | None,
+                   seed: int, batch_size: int | None = None) -> "SamplingOptions":
         """`--ddim N` is short for `--sampler ddim --steps N`; with neither, the model's default."""
         if ddim is not None:
             if sampler not in (None, "ddim") or steps is not None:
@@ -55,9 +56,10 @@ class SamplingOptions:
         """These options with the checkpoint's defaults filled in, each checked against the registry, the model's T
         and what a distilled model was distilled for, before anything is loaded."""
         T = ckpt.config.diffusion.timesteps
+        w = default_guidance(ckpt.config, ckpt.distilled) if self.w is None else self.w
         if self.steps is not None and not 1 <= self.steps <= T:
             raise TinydiffError(f"{self.steps_flag} must be between 1 and the model's T={T}, got {self.steps}")
-        sampler, steps = resolve_sampling(ckpt.distilled, self.sampler, self.steps, self.w, self.eta, T)
+        sampler, steps = resolve_sampling(ckpt.distilled, self.sampler, self.steps, w, self.eta, T)
         try:
             sampler_timesteps(sampler, T, steps)  # an unknown name, or steps the sampler cannot take
         except ValueError as e:
@@ -66,7 +68,7 @@ class SamplingOptions:
             raise TinydiffError(f"--eta must be in [0, 1], got {self.eta}")
         if self.batch_size is not None and self.batch_size < 1:
             raise TinydiffError("--n and --batch-size must be at least 1")
-        return replace(self, sampler=sampler, steps=steps)
+        return replace(self, sampler=sampler, steps=steps, w=w)
 
 
 def open_checkpoint(checkpoint: Path | None) -> Checkpoint:

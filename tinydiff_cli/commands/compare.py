@@ -49,7 +49,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     ckpt = open_checkpoint(checkpoint)
     cfg, T = ckpt.config, ckpt.config.diffusion.timesteps
     names, counts = parse_samplers(samplers), parse_steps(steps, T)
-    options.resolve(ckpt)  # eta and the batch size, checked before anything is loaded
+    options = options.resolve(ckpt)  # eta, w and the batch size, checked (w filled in) before anything is loaded
     if ckpt.distilled is not None:
         raise TinydiffError(f"{ckpt.json_path} is a distilled model; pass its teacher as --checkpoint "
                             f"({ckpt.distilled.teacher}) and the distilled model with --distilled")
