@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from ..checkpoint import load_checkpoint
-from ..config import (Config, apply_overrides, apply_settings, config_from_dict, config_to_dict, read_preset,
-                      used_settings, validate)
+from ..config import (Config, apply_overrides, apply_settings, available_presets, config_from_dict, config_to_dict,
+                      read_preset, used_settings, validate)
 from ..data import check_dataset, check_same_data, is_builtin
 from ..device import describe
 from ..distributed import Dist, close_distributed, init_distributed
@@ -31,10 +31,13 @@ IDENTITY = ("data.dataset", "data.image_size", "data.channels", "model", "diffus
 
 
 def default_run_dir(cfg: Config) -> Path:
-    """runs/<preset>, with the dataset (a folder: its name) added for anything but MNIST, so that runs on two
-    datasets do not collide."""
+    """runs/<preset>, with the dataset (a folder: its name) added when it is not the preset's own (MNIST for all but
+    unet-small-fashion, and for a preset given as a file), so that runs on two datasets do not collide."""
     dataset = cfg.data.dataset if is_builtin(cfg.data.dataset) else Path(cfg.data.dataset).name
-    return Path("runs") / (cfg.preset if dataset == "mnist" else f"{cfg.preset}-{dataset}")
+    own = "mnist"
+    if cfg.preset in available_presets():
+        own = read_preset(cfg.preset).get("data", {}).get("dataset", "mnist")
+    return Path("runs") / (cfg.preset if dataset == own else f"{cfg.preset}-{dataset}")
 
 
 def with_dataset_resolved(cfg: Config) -> Config:
