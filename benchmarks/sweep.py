@@ -72,10 +72,10 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
     out = Path(args.out)
     rows = []
     seeds = [int(s) for s in str(args.seeds).split(",")]
-    weights = guidance_weights(args.w)
+    weights = guidance_weights(args.w) if args.w is not None else [None]  # None: each model's own train.sample_w
     budgets = step_budgets(args.train_steps)
     # several step counts: one more axis of settings (a whole run each, its LR decaying over its own length)
-    axes = ([f"train.max_steps={args.train_steps}"] if len(budgets) > 1 else []) + (args.set or [])
+    axes = ([f"train.max_steps={','.join(map(str, budgets))}"] if len(budgets) > 1 else []) + (args.set or [])
     for setting in combinations(axes):
         for seed in seeds:
             name = run_name(setting) + (f",seed={seed}" if len(seeds) > 1 else "")
@@ -94,11 +94,12 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
             train_minutes = (time.perf_counter() - start) / 60
             meta = json.loads((run_dir / "last.json").read_text())
             for w in weights:
-                score_args = ["eval", "--checkpoint", str(run_dir), "--n", str(args.n), "--w", f"{w:g}", "--json",
-                              "--device", args.device]
+                score_args = ["eval", "--checkpoint", str(run_dir), "--n", str(args.n), "--json", "--device", args.device]
+                score_args += ["--w", f"{w:g}"] if w is not None else []
                 score_args += ["--sampler", args.sampler] if args.sampler else []
                 score_args += ["--steps", str(args.steps)] if args.steps else []
                 score = last_json_object(run_cli(score_args))
+                w = score["extra"]["w"]  # what eval used: the model's own weight when --w was not given
                 rows.append({**setting, "seed": seed, "run": name, "steps": meta["step"],
                              "full_epochs": meta.get("epoch"), "train_minutes": round(train_minutes, 2), "w": w,
                              "fid": round(score["fid"], 3), "fid_real_floor": round(score["fid_real_floor"], 3),
@@ -106,7 +107,7 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
                 print(f"    step {meta['step']}, w {w:g}: FID {score['fid']:.2f} (floor {score['fid_real_floor']:.2f}), "
                       f"accuracy {score['class_accuracy']:.1%}", flush=True)
     data = f", {args.dataset}" if args.dataset else ""
-    w_words = ", ".join(f"{w:g}" for w in weights)
+    w_words = ", ".join(f"{w:g}" for w in weights) if args.w is not None else "each model's own"
     write_outputs(rows, out, title=f"{args.preset}{data}, {budget_words(args)} each, eval N = {args.n}, w = {w_words}",
                   keys=[key for key in rows[0] if key not in RESULT_FIELDS])
     return rows
@@ -144,7 +145,7 @@ def means_over_seeds(rows: list[dict], keys: list[str]) -> list[dict]:
     """One row per setting and w: the mean and the spread (max - min) of FID and accuracy over its seeds."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((tuple(row[k] for k in keys), row.get("w", 1.0)), []).append(row)
+        groups.setdefault((tuple(row[k] for k in keys), row.get("w")), []).append(row)
     summary = []
     for (setting, w), group in groups.items():
         fids = [r["fid"] for r in group]
@@ -198,7 +199,8 @@ def write_outputs(rows: list[dict], out: Path, title: str, keys: list[str]) -> N
     names = list(dict.fromkeys(s["setting"] for s in summary))
     against_w = len(names) == 1 and len(weights) > 1
     if against_w:
-        lines_of = {names[0]: summary}
+        weights = sorted(weights)
+        lines_of = {names[0]: sorted(summary, key=lambda s: s["w"])}
         x_of = {w: w for w in weights}
         ticks, labels = weights, [f"{w:g}" for w in weights]
     else:
@@ -208,9 +210,9 @@ def write_outputs(rows: list[dict], out: Path, title: str, keys: list[str]) -> N
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4), dpi=100)
     for i, (line, points) in enumerate(lines_of.items()):
         color = f"C{i}"
-        label = "FID" if against_w or len(weights) == 1 else f"FID, w = {line:g}"
+        label = "FID" if against_w or len(weights) == 1 else f"FID, w = {line}"
         xs = [x_of[s["w"] if against_w else s["setting"]] for s in points]
-        runs = [r for r in rows if against_w or r["w"] == line]
+        runs = [r for r in rows if against_w or r.get("w") == line]
         run_xs = [x_of[r["w"] if against_w else run_name({k: r[k] for k in keys})] for r in runs]
         ax_fid.plot(run_xs, [r["fid"] for r in runs], "o", color=color, alpha=0.5)
         ax_fid.plot(xs, [s["mean_fid"] for s in points], "-", color=color, label=label)
@@ -243,8 +245,8 @@ def parse_args(argv=None):
                         "e.g. 1100,2200: a run for each (the quality-vs-budget curve)")
     parser.add_argument("--set", action="append", help="KEY=V1,V2,... (repeatable; every combination is a run)")
     parser.add_argument("--n", type=int, default=2000, help="samples per eval (compare FID only at equal N)")
-    parser.add_argument("--w", default="1", help="guidance weight(s) of the evals, e.g. 0.5,1: each trained model is "
-                        "scored at every one")
+    parser.add_argument("--w", default=None, help="guidance weight(s) of the evals, e.g. 0.5,1: each trained model is "
+                        "scored at every one [default: each model's own, train.sample_w]")
     parser.add_argument("--sampler", default=None, help="eval's sampler [default: the engine's default]")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1: each setting runs once per seed")
@@ -256,7 +258,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.budget_minutes and not args.train_steps:
         parser.error("give --budget-minutes M, --train-steps N, or both")
-    guidance_weights(args.w), step_budgets(args.train_steps)  # bad values stop here, before any training
+    if args.w is not None:
+        guidance_weights(args.w)  # a bad value stops here, before any training
+    step_budgets(args.train_steps)
     return args
 
 

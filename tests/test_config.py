@@ -36,6 +36,7 @@ def test_yaml_file_preset(tmp_path):
     ("diffusion.objective=score", "diffusion.objective must be one of eps, x0, v"),
     ("model.channel_mults=[1, 2, 2, 2]", "halve cleanly only 2 times"),
     ("diffusion.p_uncond=1.5", "diffusion.p_uncond must be in"),
+    ("train.sample_w=-1", "train.sample_w, the model's guidance weight, must be >= 0"),
     ("train.lr", "must look like section.key=value"),
 ])
 def test_bad_overrides_are_rejected_clearly(override, message):

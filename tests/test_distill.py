@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -192,6 +193,21 @@ def test_distill_then_sample_and_export_end_to_end(tiny_run, tmp_path):
     rows = json.loads(result.stdout[result.stdout.index("{"):])["samplers"]
     assert [(r["sampler"], r["network_evaluations"]) for r in rows] == [("DDPM-50", 100), ("DDIM-2", 4),
                                                                          ("distilled DDIM-1", 1)]
+    assert json.loads(result.stdout[result.stdout.index("{"):])["w"] == 1.0  # the teacher's own train.sample_w
+
+    # A teacher whose own w (3) is outside what the student learned ([0, 2]): without --w, compare moves it into the
+    # student's range instead of refusing a w the user never gave.
+    teacher3 = tmp_path / "teacher-w3"
+    teacher3.mkdir()
+    shutil.copy(run_dir / "last.safetensors", teacher3 / "last.safetensors")
+    meta = json.loads((run_dir / "last.json").read_text())
+    meta["config"]["train"]["sample_w"] = 3.0
+    (teacher3 / "last.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["compare", "--checkpoint", str(teacher3), "--samplers", "ddim", "--steps", "2",
+                                 "--distilled", str(out), "--n", "4", "--no-eval", "--json", "--device", "cpu",
+                                 "--out", str(tmp_path / "c3.png")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{"):])["w"] == 2.0
 
     for command, message in ((["compare", "--checkpoint", str(out), "--no-eval"], "pass its teacher as --checkpoint"),
                              (["train", "--resume", str(out)], "tinydiff distill --resume"),

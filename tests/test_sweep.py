@@ -45,11 +45,13 @@ def test_a_sweep_trains_scores_and_writes_the_table_and_the_plot(tiny_preset, da
     for row, lr in zip(rows, (1e-3, 3e-3)):
         assert yaml.safe_load((out / row["run"] / "config.yaml").read_text())["train"]["lr"] == lr
         assert row["steps"] >= 1 and row["fid"] > 0 and row["fid_real_floor"] > 0 and 0 <= row["class_accuracy"] <= 1
+        assert row["w"] == 1.0  # no --w: each model is scored at its own train.sample_w
     with open(out / "sweep.csv", newline="") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["lr=1e-3", "lr=3e-3"]
     table = (out / "sweep.md").read_text()
     assert "| train.lr | seed | run | steps |" in table and "| 3e-3 | 0 | lr=3e-3 |" in table
     assert "Mean over seeds" not in table  # one seed: nothing to average
+    assert "w = each model's own" in table
     assert iio.imread(out / "sweep.png").ndim == 3
 
 

@@ -252,6 +252,7 @@ def validate(cfg: Config, image_size: int | None = None) -> Config:
         (t.log_every >= 1 and t.checkpoint_every >= 1, "train.log_every and train.checkpoint_every must be at least 1"),
         (t.eval_images >= 0 and t.sample_rows >= 0, "train.eval_images and train.sample_rows must be >= 0"),
         (t.eval_every >= 0 and t.eval_samples >= 2, "train.eval_every must be >= 0 and train.eval_samples at least 2"),
+        (t.sample_w >= 0, "train.sample_w, the model's guidance weight, must be >= 0"),
         (1 <= t.sample_steps <= d.timesteps, f"train.sample_steps must be between 1 and diffusion.timesteps ({d.timesteps})"),
         (cfg.data.image_size is None or 8 <= cfg.data.image_size <= 256, "data.image_size must be between 8 and 256"),
         (cfg.data.channels in (None, 1, 3), "data.channels must be 1 (grey) or 3 (RGB)"),

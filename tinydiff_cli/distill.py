@@ -337,7 +337,7 @@ class Distiller:
         self.save("last")
 
     def preview(self, path: Path) -> Path:
-        w = min(max(1.0, self.settings.w_min), self.settings.w_max)
+        w = min(max(self.config.train.sample_w, self.settings.w_min), self.settings.w_max)  # the teacher's own w
         labels = self.pipeline.labels("all", 4 * self.pipeline.grid_columns)
         images = self.pipeline.sample(labels, sampler="ddim", steps=self.stage.steps, w=w, seed=self.settings.seed)
         return save_grid(images, path, ncols=self.pipeline.grid_columns)

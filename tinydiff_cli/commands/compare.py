@@ -3,6 +3,7 @@ time, network evaluations, FID and class accuracy, with the frontier plot."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from rich.table import Table
@@ -49,11 +50,16 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     ckpt = open_checkpoint(checkpoint)
     cfg, T = ckpt.config, ckpt.config.diffusion.timesteps
     names, counts = parse_samplers(samplers), parse_steps(steps, T)
+    w_given = options.w is not None
     options = options.resolve(ckpt)  # eta, w and the batch size, checked (w filled in) before anything is loaded
     if ckpt.distilled is not None:
         raise TinydiffError(f"{ckpt.json_path} is a distilled model; pass its teacher as --checkpoint "
                             f"({ckpt.distilled.teacher}) and the distilled model with --distilled")
     students = [open_checkpoint(path) for path in distilled]
+    ranges = [(s.distilled.w_min, s.distilled.w_max) for s in students if s.distilled is not None]
+    if ranges and not w_given:  # the teacher's own w, moved into the range every student learned
+        low, high = max(r[0] for r in ranges), min(r[1] for r in ranges)
+        options = replace(options, w=min(max(options.w, low), high)) if low <= high else options
     for student in students:
         if student.distilled is None:
             raise TinydiffError(f"--distilled {student.json_path} is not a distilled model (from `tinydiff distill`)")
