@@ -117,28 +117,25 @@ RESULT_FIELDS = ("seed", "run", "steps", "full_epochs", "train_minutes", "w", "f
                  "class_accuracy")
 
 
+def comma_values(text, convert, flag: str, example: str, lowest: float) -> list:
+    """"1,2" -> [convert("1"), convert("2")], each >= lowest and distinct; else one line naming the flag."""
+    try:
+        values = [convert(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < lowest for v in values) or len(set(values)) != len(values):
+        raise SystemExit(f"{flag} takes distinct values >= {lowest:g} such as {example}, got {text!r}")
+    return values
+
+
 def step_budgets(text) -> list[int]:
     """"1100,2200" -> [1100, 2200]; None (no step budget) -> []."""
-    if text is None:
-        return []
-    try:
-        budgets = [int(n) for n in str(text).split(",")]
-    except ValueError:
-        raise SystemExit(f"--train-steps takes step counts such as 1100 or 1100,2200, got {text!r}") from None
-    if any(n < 1 for n in budgets) or len(set(budgets)) != len(budgets):
-        raise SystemExit(f"--train-steps takes distinct positive step counts, got {text!r}")
-    return budgets
+    return [] if text is None else comma_values(text, int, "--train-steps", "1100 or 1100,2200", 1)
 
 
 def guidance_weights(text) -> list[float]:
     """"0.5,1" -> [0.5, 1.0]: the guidance weights every trained model is scored at."""
-    try:
-        weights = [float(w) for w in str(text).split(",")]
-    except ValueError:
-        raise SystemExit(f"--w takes guidance weights such as 1 or 0.5,1, got {text!r}") from None
-    if any(w < 0 for w in weights) or len(set(weights)) != len(weights):
-        raise SystemExit(f"--w takes distinct weights >= 0, got {text!r}")
-    return weights
+    return comma_values(text, float, "--w", "1 or 0.5,1", 0)
 
 
 def means_over_seeds(rows: list[dict], keys: list[str]) -> list[dict]:
