@@ -45,7 +45,8 @@ def sidebar(entries: list[logic.ModelEntry]):
             eta = st.slider("eta (0: deterministic, 1: DDPM-like noise)", 0.0, 1.0, 0.0, 0.1, key="eta") if takes_eta else 0.0
             if not takes_steps:
                 st.caption(f"{sampler.upper()} runs all T = {pipe.T} steps.")
-            w = st.slider("Guidance w", 0.0, 8.0, min(max(float(pipe.default_w), 0.0), 8.0), 0.25, help=GUIDANCE_HELP, key="w")
+            w = st.slider("Guidance w", 0.0, 8.0, min(max(float(pipe.default_w), 0.0), 8.0), 0.25, help=GUIDANCE_HELP,
+                          key="w")
         seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
         st.caption("w: " + GUIDANCE_HELP)
         pressed = st.button("Generate", type="primary", key="generate", width="stretch")
