@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                 # every preset, its own batch size
     python benchmarks/train_throughput.py unet-small dit-small --steps 10
+    python benchmarks/train_throughput.py unet-small --set model.base_channels=24   # a variant of a preset
 """
 import argparse
 import time
@@ -15,13 +16,14 @@ from tinydiff_cli.parameterization import get_parameterization
 from tinydiff_cli.schedules import make_schedule
 
 
-def measure(preset: str, steps: int, warmup: int = 2) -> tuple[int, float]:
-    cfg = load_config(preset)
+def measure(preset: str, steps: int, warmup: int = 2, overrides: list[str] | None = None) -> tuple[int, int, float]:
+    cfg = load_config(preset, overrides)
     model = build_model(cfg.model)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     parameterization = get_parameterization(cfg.diffusion.objective)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = cfg.train.batch_size
+    parameters = sum(p.numel() for p in model.parameters())
     x0, labels = torch.rand(batch, 1, 28, 28) * 2 - 1, torch.randint(0, 11, (batch,))
     for i in range(warmup + steps):
         if i == warmup:
@@ -30,18 +32,20 @@ def measure(preset: str, steps: int, warmup: int = 2) -> tuple[int, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return batch, steps * batch / (time.perf_counter() - start)
+    return batch, parameters, steps * batch / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("presets", nargs="*", default=available_presets())
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a preset key, as tinydiff train --set (repeatable)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" + (f", {' '.join(args.set)}" if args.set else ""))
     for preset in args.presets:
-        batch, rate = measure(preset, args.steps)
-        print(f"{preset:12s} batch {batch:4d}: {rate:8.1f} images/s")
+        batch, parameters, rate = measure(preset, args.steps, overrides=args.set)
+        print(f"{preset:12s} {parameters / 1e6:5.2f}M parameters, batch {batch:4d}: {rate:8.1f} images/s")
 
 
 if __name__ == "__main__":
