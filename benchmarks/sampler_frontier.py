@@ -1,11 +1,12 @@
 """The speed/quality frontier of a checkpoint: FID, class accuracy and seconds per 1,000 images for several samplers
-and distilled students, each through `tinydiff eval` (same seed, same N, same w), one after the other.
+and distilled students, each through `tinydiff eval` (same seed, same N, same w: by default the checkpoint's own
+train.sample_w), one after the other.
 
     python benchmarks/sampler_frontier.py runs/unet-small --data-dir ../shared/data --n 2000 \
         --runs "ddim 10" "dpm++2m 6" --distilled runs/unet-small-2step
 
 Run it alone: two torch jobs on a 2-core machine slow each other several times over. Each result is also kept as
-<out>/<name>.json, and a finished one is not run again, so an interrupted frontier can be continued.
+<out>/<name>-w<w>.json, and a finished one is not run again, so an interrupted frontier can be continued.
 """
 import argparse
 import json
@@ -15,9 +16,11 @@ from pathlib import Path
 
 
 def eval_once(args, name: str, flags: list[str]) -> dict:
-    path = args.out / f"{name}.json"
+    # w is in the name, so a frontier at another w never reuses these results
+    path = args.out / f"{name}-w{'model' if args.w is None else f'{args.w:g}'}.json"
     if not path.exists():
-        cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--n", str(args.n), "--w", str(args.w), "--json",
+        guidance = [] if args.w is None else ["--w", str(args.w)]
+        cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--n", str(args.n), *guidance, "--json",
                "--data-dir", str(args.data_dir), *flags]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
@@ -31,7 +34,7 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--w", type=float, default=1.0)
+    parser.add_argument("--w", type=float, default=None, help="guidance weight [default: each model's own]")
     parser.add_argument("--runs", nargs="*", default=["ddim 5", "ddim 10", "ddim 20", "dpm++2m 3", "dpm++2m 5",
                                                       "dpm++2m 6", "dpm++2m 10"],
                         help='"SAMPLER STEPS" pairs for the checkpoint')
@@ -47,13 +50,14 @@ def main() -> None:
                                               "--steps", steps]))
     plans += [(f"distilled-{path.stem}", ["--checkpoint", str(path)]) for path in args.distilled]
 
-    print(f"N = {args.n}, w = {args.w:g}, seed 0")
-    print(f"{'sampler':<28} {'FID':>7} {'floor':>6} {'class acc':>9} {'s / 1,000 images':>17}")
+    w_label = "each model's own" if args.w is None else f"{args.w:g}"
+    print(f"N = {args.n}, w = {w_label}, seed 0")
+    print(f"{'sampler':<28} {'w':>5} {'FID':>7} {'floor':>6} {'class acc':>9} {'s / 1,000 images':>17}")
     for name, flags in plans:
         score = eval_once(args, name, flags)
         extra = score["extra"]
         per_1000 = extra["sampling_seconds"] / score["n"] * 1000
-        print(f"{extra['sampler']:<28} {score['fid']:7.2f} {score['fid_real_floor']:6.2f} "
+        print(f"{extra['sampler']:<28} {extra['w']:5g} {score['fid']:7.2f} {score['fid_real_floor']:6.2f} "
               f"{score['class_accuracy']:9.2%} {per_1000:17.1f}", flush=True)
 
 
