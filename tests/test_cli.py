@@ -108,7 +108,7 @@ def test_sample_all_digits_puts_one_class_per_column_with_the_default_sampler(tr
     result = invoke("sample", "--checkpoint", run / "last.json", "--n", "20", "--out", tmp_path / "g.png",
                     "--npz", npz, "--device", "cpu", "--batch-size", "7")
     assert result.exit_code == 0, result.output
-    assert "DPM++2M-5" in result.output  # the default, never DDPM over all T
+    assert "DPM++2M-10" in result.output  # the default, never DDPM over all T
     np.testing.assert_array_equal(np.load(npz)["arr_1"], np.arange(20) % 10)
     assert iio.imread(tmp_path / "g.png").shape[1] == (10 * 30 + 2) * 2
 

@@ -39,8 +39,8 @@ CheckpointOption = Annotated[Optional[Path], typer.Option(
 DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps: short for --sampler ddim --steps N.")]
 SamplerOption = Annotated[Optional[str], typer.Option(
     "--sampler", parser=sampler_name, metavar="NAME",
-    help="A sampler of the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: dpm++2m with 5 steps; a distilled model's own]")]
-StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: 5 without --sampler (a distilled model: its own), all T with it]")]
+    help="A sampler of the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: dpm++2m with 10 steps; a distilled model's own]")]
+StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: 10 without --sampler (a distilled model: its own), all T with it]")]
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[Optional[float], typer.Option(
     "--w", help=GUIDANCE_HELP + " \\[default: the model's own, train.sample_w: 1 for the MNIST presets]")]
