@@ -6,7 +6,8 @@ train.sample_w), one after the other.
         --runs "ddim 10" "dpm++2m 6" --distilled runs/unet-small-2step
 
 Run it alone: two torch jobs on a 2-core machine slow each other several times over. Each result is also kept as
-<out>/<name>-w<w>.json, and a finished one is not run again, so an interrupted frontier can be continued.
+<out>/<name>-w<w>-n<N>.json, and a finished one is not run again (unless it was for another checkpoint, N or w),
+so an interrupted frontier can be continued.
 """
 import argparse
 import json
@@ -15,10 +16,17 @@ import sys
 from pathlib import Path
 
 
-def eval_once(args, name: str, flags: list[str]) -> dict:
-    # w is in the name, so a frontier at another w never reuses these results
-    path = args.out / f"{name}-w{'model' if args.w is None else f'{args.w:g}'}.json"
-    if not path.exists():
+def is_for(score: dict, checkpoint: Path, args) -> bool:
+    """Whether a cached score answers this request: the same checkpoint (a file, or a file in the folder given), N and,
+    where --w is given, w."""
+    scored = Path(score["extra"]["checkpoint"]).resolve()
+    return (checkpoint.resolve() in (scored, scored.parent) and score["n"] == args.n
+            and (args.w is None or score["extra"]["w"] == args.w))
+
+
+def eval_once(args, name: str, flags: list[str], checkpoint: Path) -> dict:
+    path = args.out / f"{name}-w{'model' if args.w is None else f'{args.w:g}'}-n{args.n}.json"
+    if not path.exists() or not is_for(json.loads(path.read_text()), checkpoint, args):
         guidance = [] if args.w is None else ["--w", str(args.w)]
         cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--n", str(args.n), *guidance, "--json",
                "--data-dir", str(args.data_dir), *flags]
@@ -46,15 +54,14 @@ def main() -> None:
     plans = []
     for run in args.runs:
         sampler, steps = run.split()
-        plans.append((f"{sampler}-{steps}", ["--checkpoint", str(args.checkpoint), "--sampler", sampler,
-                                              "--steps", steps]))
-    plans += [(f"distilled-{path.stem}", ["--checkpoint", str(path)]) for path in args.distilled]
+        plans.append((f"{sampler}-{steps}", args.checkpoint, ["--sampler", sampler, "--steps", steps]))
+    plans += [(f"distilled-{path.stem}", path, []) for path in args.distilled]
 
     w_label = "each model's own" if args.w is None else f"{args.w:g}"
     print(f"N = {args.n}, w = {w_label}, seed 0")
     print(f"{'sampler':<28} {'w':>5} {'FID':>7} {'floor':>6} {'class acc':>9} {'s / 1,000 images':>17}")
-    for name, flags in plans:
-        score = eval_once(args, name, flags)
+    for name, checkpoint, flags in plans:
+        score = eval_once(args, name, ["--checkpoint", str(checkpoint), *flags], checkpoint)
         extra = score["extra"]
         per_1000 = extra["sampling_seconds"] / score["n"] * 1000
         print(f"{extra['sampler']:<28} {extra['w']:5g} {score['fid']:7.2f} {score['fid_real_floor']:6.2f} "

@@ -11,8 +11,8 @@ other: two runs at once on a small machine slow each other several times over, w
 mean nothing. A machine's speed also drifts between runs (10-minute runs of one preset here reached 968 to 1,155
 steps), so --train-steps gives every run the same training, and --seeds shows the spread between seeds. Several
 guidance weights (--w 0.5,1) score every trained model at each w: sampling is cheap next to training, and the best w
-moves with the training (on unet-small, w = 1 wins at 1,100 steps and w = 0.5 at 2,200), so settings are best
-compared each at its own best w. Several step counts (--train-steps 1100,2200) are one more setting,
+moves with the training (on unet-small with DPM++2M-10, w = 0.75 wins at 1,100 steps and 0.25 at 2,200), so settings
+are best compared each at its own best w. Several step counts (--train-steps 1100,2200) are one more setting,
 train.max_steps: each is a whole run whose learning rate decays over its own length. It writes, in --out:
   sweep.csv   one row per run and w: the settings, seed, steps and whole epochs reached, w, FID, the real-data floor,
               accuracy

@@ -18,13 +18,15 @@ from tinydiff_cli.schedules import make_schedule
 
 def measure(preset: str, steps: int, warmup: int = 2, overrides: list[str] | None = None) -> tuple[int, int, float]:
     cfg = load_config(preset, overrides)
-    model = build_model(cfg.model)
+    # the preset's own image shape (data.image_size, data.channels), else MNIST's 28x28 grey
+    size, channels = cfg.data.image_size or 28, cfg.data.channels or 1
+    model = build_model(cfg.model, image_size=size, in_channels=channels)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     parameterization = get_parameterization(cfg.diffusion.objective)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = cfg.train.batch_size
     parameters = sum(p.numel() for p in model.parameters())
-    x0, labels = torch.rand(batch, 1, 28, 28) * 2 - 1, torch.randint(0, 11, (batch,))
+    x0, labels = torch.rand(batch, channels, size, size) * 2 - 1, torch.randint(0, 11, (batch,))
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()

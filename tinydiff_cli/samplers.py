@@ -98,7 +98,7 @@ SAMPLERS = {
 }
 FULL_GRID_ONLY = {"ddpm"}  # samplers whose update is only defined between neighbouring timesteps
 # What `sample`, `eval` and the app use when no sampler is named. 10 steps, not 5: at the guidance weights a
-# well-trained model wants (w <= 0.75), 5 steps cost 3 to 5 FID and 20 steps gain nothing more (the README's
+# well-trained model wants (w <= 0.75), 5 steps cost about 1 to 7 FID and 20 steps gain nothing more (the README's
 # "Samplers" section has the figures).
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", 10
 

@@ -77,6 +77,6 @@ def run_distill(*, checkpoint: Path | None, settings: DistillSettings, out: Path
     if result.stop_reason == "interrupted":
         console.print(f"continue with: tinydiff distill --resume {distiller.out_dir}")
         return 130
-    console.print(f"sample it with: tinydiff sample --checkpoint {distiller.out_dir} --w 1 "
+    console.print(f"sample it with: tinydiff sample --checkpoint {distiller.out_dir} "
                   f"(DDIM, {s.steps} step{'s' if s.steps > 1 else ''}, w in [{s.w_min:g}, {s.w_max:g}])")
     return 0
