@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a preset key, as tinydiff train --set (repeatable)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" + (f", {' '.join(args.set)}" if args.set else ""))
+    overrides = f", {' '.join(args.set)}" if args.set else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{overrides}")
     for preset in args.presets:
         batch, parameters, rate = measure(preset, args.steps, overrides=args.set)
         print(f"{preset:12s} {parameters / 1e6:5.2f}M parameters, batch {batch:4d}: {rate:8.1f} images/s")
