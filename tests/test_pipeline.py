@@ -84,6 +84,11 @@ def test_default_guidance_is_the_models_sample_w_inside_a_students_range(pipe):
     from tinydiff_cli.checkpoint import DistillInfo
 
     assert pipe.default_w == pipe.checkpoint.config.train.sample_w == 1.0
+    labels = pipe.labels("all", 4)  # without w, sample and trajectory guide at the model's own weight, as the CLI does
+    unset = pipe.sample(labels, steps=2, seed=1)
+    torch.testing.assert_close(unset, pipe.sample(labels, steps=2, seed=1, w=1.0))
+    assert not torch.equal(unset, pipe.sample(labels, steps=2, seed=1, w=0.0))
+    torch.testing.assert_close(pipe.trajectory(labels, steps=2, seed=1).x[-1], unset)
     assert default_guidance(Config(train=TrainConfig(sample_w=2.5))) == 2.5
     assert default_guidance(Config(train=TrainConfig(sample_w=2.5)), DistillInfo("ddim", 2, 0.0, 2.0)) == 2.0
     assert default_guidance(Config(train=TrainConfig(sample_w=0.5)), DistillInfo("ddim", 2, 1.0, 2.0)) == 1.0

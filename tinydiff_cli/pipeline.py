@@ -3,8 +3,8 @@
 
     pipe = Pipeline.from_checkpoint("runs/unet-small")
     images = pipe.sample(pipe.labels("all", 10), sampler="ddim", steps=10, w=1.0)   # float (10, 1, 28, 28) in [-1, 1]
-    images = pipe.sample(pipe.labels("all", 10), w=1.0)   # the default: samplers.DEFAULT_SAMPLER, or a distilled
-                                                          # student's own sampler and steps
+    images = pipe.sample(pipe.labels("all", 10))   # the defaults: samplers.DEFAULT_SAMPLER (or a distilled student's
+                                                   # own sampler and steps) at the model's own w (pipe.default_w)
 """
 from __future__ import annotations
 
@@ -187,14 +187,16 @@ class Pipeline:
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-               eta: float | None = None, w: float = 0.0, seed: int = 0, batch_size: int | None = None,
+               eta: float | None = None, w: float | None = None, seed: int = 0, batch_size: int | None = None,
                callback=None) -> torch.Tensor:
         """Samples for `labels` in batches: float (N, C, H, W) in [-1, 1], on CPU.
 
-        sampler and steps as in `sampling` (None: the default; a sampler without steps: all T). eta goes to the samplers that take it (DDIM). All initial noise is drawn first
-        from the seeded generator, so every sampler run with the same seed starts from the same noise, whatever the
-        batch size. `callback` gets each step's dict (see samplers).
+        sampler and steps as in `sampling` (None: the default; a sampler without steps: all T). eta goes to the
+        samplers that take it (DDIM). w is the guidance weight; None is the model's own (`default_w`), as in the CLI.
+        All initial noise is drawn first from the seeded generator, so every sampler run with the same seed starts
+        from the same noise, whatever the batch size. `callback` gets each step's dict (see samplers).
         """
+        w = self.default_w if w is None else w
         sampler, steps = self.sampling(sampler, steps, w, eta)
         timesteps = self.timesteps(sampler, steps)
         batch_size = batch_size or default_batch_size(self.device)
@@ -209,8 +211,9 @@ class Pipeline:
 
     @torch.no_grad()
     def trajectory(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-                   eta: float | None = None, w: float = 0.0, seed: int = 0) -> Trajectory:
+                   eta: float | None = None, w: float | None = None, seed: int = 0) -> Trajectory:
         """Sample one batch and keep every step; its last frame equals `sample` with the same arguments."""
+        w = self.default_w if w is None else w
         sampler, steps = self.sampling(sampler, steps, w, eta)
         timesteps = self.timesteps(sampler, steps)
         generator = make_generator(seed, self.device)
