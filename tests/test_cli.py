@@ -194,10 +194,10 @@ def test_default_run_folders_tell_datasets_apart():
 
     assert default_run_dir(load_config("unet-small")) == Path("runs/unet-small")
     fashion = load_config("unet-small", overrides=["data.dataset=fashion-mnist"])
-    assert default_run_dir(fashion) == Path("runs/unet-small-fashion-mnist")
+    assert default_run_dir(fashion) == Path("runs/unet-small-on-fashion-mnist")
     assert default_run_dir(load_config("unet-small-fashion")) == Path("runs/unet-small-fashion")  # its own data
     mnist = load_config("unet-small-fashion", overrides=["data.dataset=mnist"])
-    assert default_run_dir(mnist) == Path("runs/unet-small-fashion-mnist")
+    assert default_run_dir(mnist) == Path("runs/unet-small-fashion-on-mnist")  # not the same folder as above
 
 
 def test_resume_trains_longer_with_more_minutes_or_a_new_end(tiny_preset, data_dir, tmp_path):

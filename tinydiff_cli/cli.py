@@ -119,7 +119,7 @@ def train(
     preset: Annotated[str, typer.Option(help="Preset name (unet-small, unet-base, dit-small, dit-base) or a path to a YAML file.")] = "unet-small",
     dataset: Annotated[Optional[str], typer.Option(help="mnist, fashion-mnist, or a folder of images (class subfolders for labels; README: \"Your own images\").")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: $TINYDIFF_DATA, else ~/.cache/tinydiff/data]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>, runs/<preset>-<dataset> for datasets other than mnist (a folder: its name)]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>, runs/<preset>-on-<dataset> for data other than the preset's own (a folder: its name)]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs to train.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps in total.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget in minutes: stop cleanly and save.")] = None,

@@ -31,13 +31,15 @@ IDENTITY = ("data.dataset", "data.image_size", "data.channels", "model", "diffus
 
 
 def default_run_dir(cfg: Config) -> Path:
-    """runs/<preset>, with the dataset (a folder: its name) added when it is not the preset's own (MNIST for all but
-    unet-small-fashion, and for a preset given as a file), so that runs on two datasets do not collide."""
+    """runs/<preset>, or runs/<preset>-on-<dataset> (a folder: its name) when the data is not the preset's own (MNIST
+    for all but unet-small-fashion, and for a preset given as a file), so that runs on two datasets do not collide.
+    "-on-" rather than "-": unet-small on fashion-mnist and unet-small-fashion on mnist would both be
+    unet-small-fashion-mnist."""
     dataset = cfg.data.dataset if is_builtin(cfg.data.dataset) else Path(cfg.data.dataset).name
     own = "mnist"
     if cfg.preset in available_presets():
         own = read_preset(cfg.preset).get("data", {}).get("dataset", "mnist")
-    return Path("runs") / (cfg.preset if dataset == own else f"{cfg.preset}-{dataset}")
+    return Path("runs") / (cfg.preset if dataset == own else f"{cfg.preset}-on-{dataset}")
 
 
 def with_dataset_resolved(cfg: Config) -> Config:
