@@ -64,6 +64,14 @@ def make_mnist(root: Path, folder: str = "MNIST", n_train: int = 256, n_test: in
     return root
 
 
+# Under pytest-xdist (`pytest -n 2`) each worker runs torch on one thread, and so do the commands it starts: two
+# workers with a thread per core each would oversubscribe the cores, which slows torch's OpenMP kernels severalfold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # Decoded image folders and their classifiers go to a cache of the test session's own, not ~/.cache/tinydiff.
 os.environ["TINYDIFF_CACHE"] = tempfile.mkdtemp(prefix="tinydiff-test-cache-")
 
