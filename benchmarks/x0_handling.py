@@ -1,0 +1,92 @@
+"""What the sampler does with the predicted x_0 at each step, measured: clipped to [-1, 1] (the engine's choice, as
+improved-diffusion's `clip_denoised`), left alone, or Imagen's dynamic thresholding (Saharia et al. 2022, section 2.3:
+s = the p-th percentile of |x_0| per image, at least 1; x_0 <- clamp(x_0, -s, s) / s). Each variant draws the same
+images as `tinydiff eval` would (same seed, same labels, same sampler and w), writes them to an .npz and scores it
+with `tinydiff eval --npz`.
+
+    python benchmarks/x0_handling.py runs/unet-small --data-dir ../shared/data --n 2000 --w 0.75
+
+Run it alone: two torch jobs on a 2-core machine slow each other several times over.
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tinydiff_cli.data import to_uint8
+from tinydiff_cli.guidance import guided_output
+from tinydiff_cli.parameterization import predict_eps_from_x0
+from tinydiff_cli.pipeline import Pipeline
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Saharia et al. (2022), section 2.3: per image, s = max(1, quantile(|x_0|, p)); clamp to [-s, s] and divide
+    by s, so that saturated pixels are pulled back inside [-1, 1] instead of being cut off."""
+    s = torch.quantile(x0.abs().flatten(1), percentile, dim=1).clamp(min=1.0).reshape(-1, *[1] * (x0.dim() - 1))
+    return x0.clamp(-s, s) / s
+
+
+def make_denoiser(pipe: Pipeline, variant: str, percentile: float):
+    """pipe.denoiser with the x_0 step replaced: "clip" (what the engine does), "none" or "dynamic"."""
+    def denoiser(labels: torch.Tensor, w: float = 0.0):
+        labels = labels.to(pipe.device)
+
+        def denoise(x_t, t):
+            output = guided_output(pipe.model, x_t, t, labels, null_class=pipe.null_class, w=w)
+            x0, eps = pipe.parameterization.to_x0_eps(pipe.schedule, x_t, t, output)
+            if variant == "none":
+                return x0, eps
+            x0 = x0.clamp(-1, 1) if variant == "clip" else dynamic_threshold(x0, percentile)
+            return x0, predict_eps_from_x0(pipe.schedule, x_t, t, x0)
+
+        return denoise
+
+    return denoiser
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--w", type=float, default=None, help="guidance weight [default: the model's own]")
+    parser.add_argument("--sampler", default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--variants", default="clip,none,dynamic")
+    parser.add_argument("--percentile", type=float, default=0.995)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/x0_handling"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    pipe = Pipeline.from_checkpoint(args.checkpoint)
+    w = pipe.default_w if args.w is None else args.w
+    labels = pipe.labels("all", args.n)  # what `tinydiff eval` samples: the classes in turn
+    rows = []
+    for variant in args.variants.split(","):
+        if variant not in ("clip", "none", "dynamic"):
+            raise SystemExit(f"--variants: {variant!r} is not one of clip, none, dynamic")
+        pipe.denoiser = make_denoiser(pipe, variant, args.percentile)  # this instance only
+        images = pipe.sample(labels, sampler=args.sampler, steps=args.steps, w=w, seed=0)
+        npz = args.out / f"{variant}-w{w:g}-n{args.n}.npz"
+        np.savez(npz, arr_0=to_uint8(images).numpy(), arr_1=labels.numpy().astype(np.int64))
+        cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--npz", str(npz), "--dataset", pipe.checkpoint.config.data.dataset,
+               "--data-dir", str(args.data_dir), "--json"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr}")
+        score = json.loads(result.stdout[result.stdout.index("{"):])
+        rows.append((variant, score["fid"], score["fid_real_floor"], score["class_accuracy"]))
+        print(f"{variant}: FID {score['fid']:.3f} (floor {score['fid_real_floor']:.3f}), "
+              f"class accuracy {score['class_accuracy']:.2%}", flush=True)
+    sampler = pipe.describe_sampler(args.sampler, args.steps)
+    print(f"\n{args.checkpoint}, {sampler}, w = {w:g}, N = {args.n}\n\n| x_0 | FID | floor | class accuracy |\n|---|---|---|---|")
+    for variant, fid, floor, accuracy in rows:
+        print(f"| {variant} | {fid:.2f} | {floor:.2f} | {accuracy:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
