@@ -1,7 +1,7 @@
 """What the sampler does with the predicted x_0 at each step, measured: clipped to [-1, 1] (the engine's choice, as
 improved-diffusion's `clip_denoised`), left alone, or Imagen's dynamic thresholding (Saharia et al. 2022, section 2.3:
 s = the p-th percentile of |x_0| per image, at least 1; x_0 <- clamp(x_0, -s, s) / s). Each variant draws the same
-images as `tinydiff eval` would (same seed, same labels, same sampler and w), writes them to an .npz and scores it
+images as `tinydiff eval --device D` would (same device, seed, labels, sampler and w), writes them to an .npz and scores it
 with `tinydiff eval --npz`.
 
     python benchmarks/x0_handling.py runs/unet-small --data-dir ../shared/data --n 2000 --w 0.75
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from tinydiff_cli.data import to_uint8
-from tinydiff_cli.guidance import guided_output
+from tinydiff_cli.device import pick_device
+from tinydiff_cli.guidance import guided_denoiser
 from tinydiff_cli.parameterization import predict_eps_from_x0
 from tinydiff_cli.pipeline import Pipeline
 
@@ -31,16 +32,18 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
 
 
 def make_denoiser(pipe: Pipeline, variant: str, percentile: float):
-    """pipe.denoiser with the x_0 step replaced: "clip" (what the engine does), "none" or "dynamic"."""
-    def denoiser(labels: torch.Tensor, w: float = 0.0):
-        labels = labels.to(pipe.device)
+    """pipe.denoiser with the x_0 step chosen: "clip" (what the engine does), "none" or "dynamic". Built on the
+    engine's own guided_denoiser, so guidance (two passes, or a distilled student's w input) is the engine's."""
+    def denoiser(labels: torch.Tensor, w: float | None = None):
+        w = pipe.default_w if w is None else w
+        engine = guided_denoiser(pipe.model, pipe.schedule, pipe.parameterization, labels.to(pipe.device),
+                                 null_class=pipe.null_class, w=w, clip_x0=variant == "clip")
+        if variant != "dynamic":
+            return engine
 
         def denoise(x_t, t):
-            output = guided_output(pipe.model, x_t, t, labels, null_class=pipe.null_class, w=w)
-            x0, eps = pipe.parameterization.to_x0_eps(pipe.schedule, x_t, t, output)
-            if variant == "none":
-                return x0, eps
-            x0 = x0.clamp(-1, 1) if variant == "clip" else dynamic_threshold(x0, percentile)
+            x0, _ = engine(x_t, t)
+            x0 = dynamic_threshold(x0, percentile)
             return x0, predict_eps_from_x0(pipe.schedule, x_t, t, x0)
 
         return denoise
@@ -51,7 +54,8 @@ def make_denoiser(pipe: Pipeline, variant: str, percentile: float):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=None, help="[default: eval's]")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--w", type=float, default=None, help="guidance weight [default: the model's own]")
     parser.add_argument("--sampler", default=None)
@@ -62,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    pipe = Pipeline.from_checkpoint(args.checkpoint)
+    pipe = Pipeline.from_checkpoint(args.checkpoint, device=pick_device(args.device))
     w = pipe.default_w if args.w is None else args.w
     labels = pipe.labels("all", args.n)  # what `tinydiff eval` samples: the classes in turn
     rows = []
@@ -71,10 +75,11 @@ def main() -> None:
             raise SystemExit(f"--variants: {variant!r} is not one of clip, none, dynamic")
         pipe.denoiser = make_denoiser(pipe, variant, args.percentile)  # this instance only
         images = pipe.sample(labels, sampler=args.sampler, steps=args.steps, w=w, seed=0)
-        npz = args.out / f"{variant}-w{w:g}-n{args.n}.npz"
+        npz = args.out / (f"{variant}{args.percentile:g}" if variant == "dynamic" else variant)
+        npz = npz.with_name(f"{npz.name}-{pipe.describe_sampler(args.sampler, args.steps)}-w{w:g}-n{args.n}.npz")
         np.savez(npz, arr_0=to_uint8(images).numpy(), arr_1=labels.numpy().astype(np.int64))
-        cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--npz", str(npz), "--dataset", pipe.checkpoint.config.data.dataset,
-               "--data-dir", str(args.data_dir), "--json"]
+        cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--npz", str(npz), "--dataset",
+               pipe.checkpoint.config.data.dataset, "--json", *(["--data-dir", str(args.data_dir)] if args.data_dir else [])]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr}")
