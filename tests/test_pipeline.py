@@ -1,4 +1,6 @@
 """Pipeline: loading, the facts it holds, and drawing through the sampler registry."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -42,9 +44,9 @@ def test_every_registered_sampler_runs_through_sample(pipe):
 
 def test_the_initial_noise_depends_on_the_seed_not_the_batch_size(pipe):
     labels = pipe.labels("all", 5)
-    whole = pipe.sample(labels, steps=3, seed=4)  # DDIM with eta 0: the result is a function of the initial noise
-    torch.testing.assert_close(pipe.sample(labels, steps=3, seed=4, batch_size=2), whole)
-    assert not torch.equal(pipe.sample(labels, steps=3, seed=5), whole)
+    whole = pipe.sample(labels, steps=3, seed=4, w=0.0)  # a deterministic solver: a function of the initial noise
+    torch.testing.assert_close(pipe.sample(labels, steps=3, seed=4, batch_size=2, w=0.0), whole)
+    assert not torch.equal(pipe.sample(labels, steps=3, seed=5, w=0.0), whole)
 
 
 def test_denoiser_returns_x0_and_eps_consistent_with_x_t(pipe):
@@ -89,6 +91,11 @@ def test_default_guidance_is_the_models_sample_w_inside_a_students_range(pipe):
     torch.testing.assert_close(unset, pipe.sample(labels, steps=2, seed=1, w=1.0))
     assert not torch.equal(unset, pipe.sample(labels, steps=2, seed=1, w=0.0))
     torch.testing.assert_close(pipe.trajectory(labels, steps=2, seed=1).x[-1], unset)
+    x, t = torch.randn(4, 1, 28, 28), torch.full((4,), 30)
+    torch.testing.assert_close(pipe.denoiser(labels)(x, t), pipe.denoiser(labels, 1.0)(x, t))
+    config = pipe.checkpoint.config  # a pipeline around a model in memory takes its w from the config it is given
+    config = replace(config, train=replace(config.train, sample_w=2.5))
+    assert Pipeline.from_model(pipe.model, config, pipe.checkpoint.data).default_w == 2.5
     assert default_guidance(Config(train=TrainConfig(sample_w=2.5))) == 2.5
     assert default_guidance(Config(train=TrainConfig(sample_w=2.5)), DistillInfo("ddim", 2, 0.0, 2.0)) == 2.0
     assert default_guidance(Config(train=TrainConfig(sample_w=0.5)), DistillInfo("ddim", 2, 1.0, 2.0)) == 1.0

@@ -57,9 +57,9 @@ def test_trajectory_ends_on_the_same_image_as_sample(run_dir):
     assert traj.alpha_bar[0] == pytest.approx(pipe.schedule.alpha_bar[49].item())
     final = pipe.sample(labels, sampler="ddim", steps=4, w=2.0, seed=11)
     torch.testing.assert_close(traj.x[-1], final)
-    ddpm = pipe.trajectory(labels[:1], sampler="ddpm", seed=11)
+    ddpm = pipe.trajectory(labels[:1], sampler="ddpm", seed=11, w=0.0)
     assert ddpm.timesteps == list(range(49, -1, -1))
-    torch.testing.assert_close(ddpm.x[-1], pipe.sample(labels[:1], sampler="ddpm", seed=11))
+    torch.testing.assert_close(ddpm.x[-1], pipe.sample(labels[:1], sampler="ddpm", seed=11, w=0.0))
 
 
 def test_compare_json_and_grid(run_dir, tmp_path):

@@ -39,10 +39,11 @@ class SamplerRun:
         return self.name.rsplit("-", 1)[0]
 
 
-def compare_samplers(plans: list[Plan], labels: torch.Tensor, *, scorer=None, on_start=None, w: float = 0.0,
+def compare_samplers(plans: list[Plan], labels: torch.Tensor, *, w: float, scorer=None, on_start=None,
                      **sample_kwargs) -> list[SamplerRun]:
     """Runs each plan in order with the same labels, w and `sample_kwargs` (eta, seed, batch_size), so every run
-    starts from the same seeded noise; scores each with `scorer` when given."""
+    starts from the same seeded noise; scores each with `scorer` when given. w has no default: the plans' models
+    may each have their own, and a comparison is at one weight."""
     runs = []
     for plan in plans:
         pipe = plan.pipe

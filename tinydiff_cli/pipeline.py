@@ -89,6 +89,7 @@ class Pipeline:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width)
     checkpoint: Checkpoint | None = None  # where it was loaded from, if it was
+    config: Config | None = None  # the model's config (the checkpoint's, or the one given to from_model)
 
     @classmethod
     def from_model(cls, model: nn.Module, config: Config, data: DataInfo, checkpoint: Checkpoint | None = None) -> "Pipeline":
@@ -96,7 +97,7 @@ class Pipeline:
         device = next(model.parameters()).device
         d = config.diffusion
         return cls(model, make_schedule(d.schedule, d.timesteps).to(device), get_parameterization(d.objective),
-                   data.class_names, (data.channels, data.image_size, data.image_size), checkpoint)
+                   data.class_names, (data.channels, data.image_size, data.image_size), checkpoint, config)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Checkpoint, *, device="cpu", weights: str = "ema") -> "Pipeline":
@@ -135,17 +136,18 @@ class Pipeline:
     @property
     def default_w(self) -> float:
         """The guidance weight this model samples with by default (see `default_guidance`)."""
-        return default_guidance(self.checkpoint.config if self.checkpoint else Config(), self.distilled)
+        config = self.config or (self.checkpoint.config if self.checkpoint else Config())
+        return default_guidance(config, self.distilled)
 
     @property
     def takes_w(self) -> bool:
         """Whether the network takes the guidance weight as an input (a guidance-distilled student)."""
         return getattr(self.model, "guidance_emb", None) is not None
 
-    def sampling(self, sampler: str | None = None, steps: int | None = None, w: float = 0.0,
+    def sampling(self, sampler: str | None = None, steps: int | None = None, w: float | None = None,
                  eta: float | None = None) -> tuple[str, int | None]:
-        """See `resolve_sampling`."""
-        return resolve_sampling(self.distilled, sampler, steps, w, eta, self.T)
+        """See `resolve_sampling`; w None is the model's own (`default_w`)."""
+        return resolve_sampling(self.distilled, sampler, steps, self.default_w if w is None else w, eta, self.T)
 
     def to(self, device) -> "Pipeline":
         """Move the model and the schedule together."""
@@ -172,10 +174,10 @@ class Pipeline:
         return f"{label} (eta={eta:g})" if sampler_options(sampler, eta=eta) else label
 
     # ---- drawing ------------------------------------------------------------------------------------------
-    def denoiser(self, labels: torch.Tensor, w: float = 0.0) -> Denoiser:
-        """(x_t, t) -> (x_0, eps) for `labels`, with classifier-free guidance of weight w."""
+    def denoiser(self, labels: torch.Tensor, w: float | None = None) -> Denoiser:
+        """(x_t, t) -> (x_0, eps) for `labels`, with classifier-free guidance of weight w (None: `default_w`)."""
         return guided_denoiser(self.model, self.schedule, self.parameterization, labels.to(self.device),
-                               null_class=self.null_class, w=w)
+                               null_class=self.null_class, w=self.default_w if w is None else w)
 
     def passes_per_step(self, labels: torch.Tensor, w: float) -> int:
         """Network evaluations per image per step (2 under classifier-free guidance; see guidance.passes_per_step)."""
