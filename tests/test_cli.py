@@ -47,6 +47,14 @@ def test_flags_render_as_flags_in_help(command):
     assert flags and not any("<bool>" in line or "BOOLEAN" in line for line in flags), flags
 
 
+def test_train_help_names_every_preset():
+    from tinydiff_cli.config import available_presets
+
+    result = runner.invoke(app, ["train", "--help"], terminal_width=400)
+    help_text = " ".join(result.output.split())
+    assert all(f"{name}," in help_text or f"{name})" in help_text for name in available_presets()), help_text
+
+
 def test_presets_resolve_from_any_directory(tmp_path):
     """`--preset unet-small` must work after a non-editable install, far from the source tree."""
     result = subprocess.run(tinydiff_command() + ["train", "--preset", "unet-small", "--data-dir", str(tmp_path)],

@@ -116,7 +116,7 @@ def root(version: Annotated[bool, typer.Option("--version", callback=_version, i
 @app.command()
 @user_errors
 def train(
-    preset: Annotated[str, typer.Option(help="Preset name (unet-small, unet-base, dit-small, dit-base) or a path to a YAML file.")] = "unet-small",
+    preset: Annotated[str, typer.Option(help="Preset name (unet-small, unet-small-fashion, unet-base, dit-small, dit-base, unet-rgb32, unet-rgb64) or a path to a YAML file.")] = "unet-small",
     dataset: Annotated[Optional[str], typer.Option(help="mnist, fashion-mnist, or a folder of images (class subfolders for labels; README: \"Your own images\").")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding MNIST/raw/ etc. \\[default: $TINYDIFF_DATA, else ~/.cache/tinydiff/data]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder. \\[default: runs/<preset>, runs/<preset>-on-<dataset> for data other than the preset's own (a folder: its name)]")] = None,
