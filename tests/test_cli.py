@@ -197,7 +197,7 @@ def test_normalize_argv_gives_a_bare_resume_its_default():
 
 
 def test_default_run_folders_tell_datasets_apart(tmp_path, monkeypatch):
-    from tinydiff_cli.commands.train import default_run_dir, run_dir_to_resume
+    from tinydiff_cli.commands.train import default_run_dir, folder_to_resume
     from tinydiff_cli.config import load_config
 
     assert default_run_dir(load_config("unet-small")) == Path("runs/unet-small")
@@ -208,14 +208,14 @@ def test_default_run_folders_tell_datasets_apart(tmp_path, monkeypatch):
     assert default_run_dir(mnist) == Path("runs/unet-small-fashion-on-mnist")  # not the same folder as above
     # a bare --resume finds a run that an older tinydiff named runs/<preset>-<dataset>, unless the new name has one
     monkeypatch.chdir(tmp_path)
-    assert run_dir_to_resume(fashion) == Path("runs/unet-small-on-fashion-mnist")
+    assert folder_to_resume(fashion) == Path("runs/unet-small-on-fashion-mnist")
     (tmp_path / "runs" / "unet-small-fashion-mnist").mkdir(parents=True)
     (tmp_path / "runs" / "unet-small-fashion-mnist" / "last.json").write_text("{}")
-    assert run_dir_to_resume(fashion) == Path("runs/unet-small-fashion-mnist")
+    assert folder_to_resume(fashion) == Path("runs/unet-small-fashion-mnist")
     (tmp_path / "runs" / "unet-small-on-fashion-mnist").mkdir()
     (tmp_path / "runs" / "unet-small-on-fashion-mnist" / "last.json").write_text("{}")
-    assert run_dir_to_resume(fashion) == Path("runs/unet-small-on-fashion-mnist")
-    assert run_dir_to_resume(load_config("unet-small")) == Path("runs/unet-small")
+    assert folder_to_resume(fashion) == Path("runs/unet-small-on-fashion-mnist")
+    assert folder_to_resume(load_config("unet-small")) == Path("runs/unet-small")
 
 
 def test_resume_trains_longer_with_more_minutes_or_a_new_end(tiny_preset, data_dir, tmp_path):

@@ -42,7 +42,7 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / (cfg.preset if dataset == own else f"{cfg.preset}-on-{dataset}")
 
 
-def run_dir_to_resume(cfg: Config) -> Path:
+def folder_to_resume(cfg: Config) -> Path:
     """default_run_dir, or the name such a run had before "-on-" (runs/<preset>-<dataset>) when only that one holds
     a checkpoint, so that a bare --resume still finds a run started by an older tinydiff."""
     run_dir = default_run_dir(cfg)
@@ -100,7 +100,7 @@ def resolve_run(preset: str, overrides: list[str], settings: dict, out: Path | N
                                 f"or pass --out DIR for a new one")
         return cfg, run_dir, None
     if resume == "last":
-        resume_path = out or run_dir_to_resume(validate(config_from_dict(
+        resume_path = out or folder_to_resume(validate(config_from_dict(
             apply_settings(apply_overrides(read_preset(preset), overrides), settings))))
     else:
         resume_path = Path(resume)
