@@ -198,7 +198,6 @@ class Pipeline:
         All initial noise is drawn first from the seeded generator, so every sampler run with the same seed starts
         from the same noise, whatever the batch size. `callback` gets each step's dict (see samplers).
         """
-        w = self.default_w if w is None else w
         sampler, steps = self.sampling(sampler, steps, w, eta)
         timesteps = self.timesteps(sampler, steps)
         batch_size = batch_size or default_batch_size(self.device)
@@ -215,7 +214,6 @@ class Pipeline:
     def trajectory(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                    eta: float | None = None, w: float | None = None, seed: int = 0) -> Trajectory:
         """Sample one batch and keep every step; its last frame equals `sample` with the same arguments."""
-        w = self.default_w if w is None else w
         sampler, steps = self.sampling(sampler, steps, w, eta)
         timesteps = self.timesteps(sampler, steps)
         generator = make_generator(seed, self.device)
