@@ -1,7 +1,7 @@
 """Short trainings under one budget (minutes or steps), each scored with `tinydiff eval`: a table and a plot.
 
     python benchmarks/sweep.py --budget-minutes 3 --set diffusion.objective=eps,v
-    python benchmarks/sweep.py --budget-minutes 10 --set train.lr=1e-3,2e-3 --set train.batch_size=64,128 --n 2000
+    python benchmarks/sweep.py --budget-minutes 10 --set train.lr=1e-3,2e-3 --set train.batch_size=32,64 --n 2000
     python benchmarks/sweep.py --train-steps 1100 --seeds 1,2 --set diffusion.objective=eps,v --n 2000
     python benchmarks/sweep.py --train-steps 1100,2200,4400 --seeds 1 --w 0.25,0.5,1 --n 2000   # quality vs budget
 
@@ -11,8 +11,8 @@ other: two runs at once on a small machine slow each other several times over, w
 mean nothing. A machine's speed also drifts between runs (10-minute runs of one preset here reached 968 to 1,155
 steps), so --train-steps gives every run the same training, and --seeds shows the spread between seeds. Several
 guidance weights (--w 0.5,1) score every trained model at each w: sampling is cheap next to training, and the best w
-moves with the training (on unet-small with DPM++2M-10, w = 0.75 wins at 1,100 steps and 0.25 at 2,200), so settings
-are best compared each at its own best w. Several step counts (--train-steps 1100,2200) are one more setting,
+moves with the training (on unet-small at batch 64 with DPM++2M-10, w = 0.75 wins at 1,100 steps and 0.25 at
+2,200), so settings are best compared each at its own best w. Several step counts (--train-steps 1100,2200) are one more setting,
 train.max_steps: each is a whole run whose learning rate decays over its own length. It writes, in --out:
   sweep.csv   one row per run and w: the settings, seed, steps and whole epochs reached, w, FID, the real-data floor,
               accuracy

@@ -43,7 +43,7 @@ SamplerOption = Annotated[Optional[str], typer.Option(
 StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: 10 without --sampler (a distilled model: its own), all T with it]")]
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[Optional[float], typer.Option(
-    "--w", help=GUIDANCE_HELP + " \\[default: the model's own, train.sample_w: 0.75 for unet-small, 2 for unet-small-fashion, 1 for the other presets]")]
+    "--w", help=GUIDANCE_HELP + " \\[default: the model's own, train.sample_w: 0.5 for unet-small, 2 for unet-small-fashion, 1 for the other presets]")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
 DigitOption = Annotated[str, typer.Option("--digit", help="Class: its index (0-9 for MNIST) or its name (an image folder's class subfolder), 'all' (classes cycle: one per grid column) or 'none' (unconditional).")]
 SampleBatchOption = Annotated[Optional[int], typer.Option(
