@@ -12,8 +12,8 @@ mean nothing. A machine's speed also drifts between runs (10-minute runs of one 
 steps), so --train-steps gives every run the same training, and --seeds shows the spread between seeds. Several
 guidance weights (--w 0.5,1) score every trained model at each w: sampling is cheap next to training, and the best w
 moves with the training (on unet-small at batch 64 with DPM++2M-10, w = 0.75 wins at 1,100 steps and 0.25 at
-2,200), so settings are best compared each at its own best w. Several step counts (--train-steps 1100,2200) are one more setting,
-train.max_steps: each is a whole run whose learning rate decays over its own length. It writes, in --out:
+2,200), so settings are best compared each at its own best w. Several step counts (--train-steps 1100,2200) are one
+more setting, train.max_steps: each is a whole run whose learning rate decays over its own length. It writes, in --out:
   sweep.csv   one row per run and w: the settings, seed, steps and whole epochs reached, w, FID, the real-data floor,
               accuracy
   sweep.md    the same as a Markdown table; with several seeds, each setting's mean and spread; with several w, each
