@@ -2,7 +2,7 @@ import torch
 
 import pytest
 
-from tinydiff_cli.guidance import cfg_mix, guided_denoiser
+from tinydiff_cli.guidance import cfg_mix, guided_denoiser, noise_level, weight_in_interval
 from tinydiff_cli.parameterization import get_parameterization
 from tinydiff_cli.schedules import make_betas, make_schedule
 
@@ -87,3 +87,40 @@ def test_clip_keeps_x0_in_range_and_eps_consistent():
     assert x0.abs().max() <= 1.0
     ab = sch.alpha_bar[t].view(-1, 1, 1, 1)
     torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, x_big, rtol=1e-4, atol=1e-3)
+
+
+def test_noise_level_is_sigma_of_the_schedule():
+    sch = make_schedule("linear", 1000)
+    t = torch.tensor([0, 499, 999])
+    ab = torch.cumprod(1 - make_betas("linear", 1000), 0)[t]  # float64
+    torch.testing.assert_close(noise_level(sch, t).double(), ((1 - ab) / ab).sqrt(), rtol=1e-5, atol=0)
+    assert 3.3 < noise_level(sch, torch.tensor([499])).item() < 3.5  # linear betas 1e-4..0.02: sigma_499 = 3.42
+
+
+def test_guidance_interval_guides_only_at_low_noise_with_one_pass_elsewhere():
+    sch, x, _, labels, model = setup()
+    eps = get_parameterization("eps")
+    max_sigma = noise_level(sch, torch.tensor([500])).item()  # t <= 500 are inside (sigma grows with t)
+    interval = guided_denoiser(model, sch, eps, labels, null_class=10, w=2.0, clip_x0=False, max_sigma=max_sigma)
+    full = guided_denoiser(model, sch, eps, labels, null_class=10, w=2.0, clip_x0=False)
+    plain = guided_denoiser(model, sch, eps, labels, null_class=10, w=0.0, clip_x0=False)
+    low, high = torch.full((4,), 300), torch.full((4,), 700)
+    model.calls.clear()
+    torch.testing.assert_close(interval(x, high), plain(x, high))  # above the interval: the conditional prediction
+    assert model.calls == [4, 4]  # one unbatched pass each
+    torch.testing.assert_close(interval(x, low), full(x, low))
+    mixed = torch.tensor([300, 700, 100, 900])  # rows at different t (distillation batches): each row its own weight
+    x0, _ = interval(x, mixed)
+    x0_full, x0_plain = full(x, mixed)[0], plain(x, mixed)[0]
+    torch.testing.assert_close(x0[[0, 2]], x0_full[[0, 2]])
+    torch.testing.assert_close(x0[[1, 3]], x0_plain[[1, 3]])
+
+
+def test_weight_in_interval_keeps_per_row_weights():
+    sch = make_schedule("linear", 1000)
+    w = torch.tensor([1.0, 2.0, 3.0])
+    max_sigma = noise_level(sch, torch.tensor([500])).item()
+    assert weight_in_interval(sch, torch.tensor([10, 20, 30]), w, max_sigma) is w
+    assert weight_in_interval(sch, torch.tensor([900, 901, 902]), w, max_sigma) == 0.0
+    torch.testing.assert_close(weight_in_interval(sch, torch.tensor([10, 900, 30]), w, max_sigma),
+                               torch.tensor([1.0, 0.0, 3.0]))

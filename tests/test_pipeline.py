@@ -1,4 +1,5 @@
 """Pipeline: loading, the facts it holds, and drawing through the sampler registry."""
+import math
 from dataclasses import replace
 
 import pytest
@@ -99,3 +100,26 @@ def test_default_guidance_is_the_models_sample_w_inside_a_students_range(pipe):
     assert default_guidance(Config(train=TrainConfig(sample_w=2.5))) == 2.5
     assert default_guidance(Config(train=TrainConfig(sample_w=2.5)), DistillInfo("ddim", 2, 0.0, 2.0)) == 2.0
     assert default_guidance(Config(train=TrainConfig(sample_w=0.5)), DistillInfo("ddim", 2, 1.0, 2.0)) == 1.0
+
+
+def test_a_guidance_interval_guides_the_low_noise_steps_and_counts_its_passes(pipe):
+    from tinydiff_cli.guidance import noise_level
+
+    labels, grid = pipe.labels("all", 4), pipe.timesteps(steps=5)
+    sigmas = noise_level(pipe.schedule, torch.tensor(grid)).tolist()  # falling along the grid
+    max_sigma = (sigmas[2] + sigmas[3]) / 2  # the last two of five steps are guided
+    assert pipe.max_sigma == math.inf  # no interval unless the config sets one
+    assert pipe.network_evaluations(labels, 1.0, grid) == 10
+    guided_only_at = lambda m: replace(pipe, w_max_sigma=m).sample(labels, steps=5, w=1.0, seed=1)  # noqa: E731
+    assert replace(pipe, w_max_sigma=max_sigma).network_evaluations(labels, 1.0, grid) == 5 + 2
+    assert replace(pipe, w_max_sigma=max_sigma).network_evaluations(labels, 0.0, grid) == 5
+    interval = guided_only_at(max_sigma)
+    assert not torch.equal(interval, pipe.sample(labels, steps=5, w=1.0, seed=1))
+    assert not torch.equal(interval, pipe.sample(labels, steps=5, w=0.0, seed=1))
+    torch.testing.assert_close(guided_only_at(sigmas[0] * 2), pipe.sample(labels, steps=5, w=1.0, seed=1))
+    torch.testing.assert_close(guided_only_at(sigmas[-1] / 2), pipe.sample(labels, steps=5, w=0.0, seed=1))
+    config = pipe.checkpoint.config  # a model's own interval comes from its config
+    config = replace(config, train=replace(config.train, sample_w_max_sigma=max_sigma))
+    own = Pipeline.from_model(pipe.model, config, pipe.checkpoint.data)
+    assert own.max_sigma == max_sigma
+    torch.testing.assert_close(own.sample(labels, steps=5, w=1.0, seed=1), interval)

@@ -44,6 +44,8 @@ StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler ste
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[Optional[float], typer.Option(
     "--w", help=GUIDANCE_HELP + " \\[default: the model's own, train.sample_w: 0.5 for unet-small, 2 for unet-small-fashion, 1 for the other presets]")]
+MaxSigmaOption = Annotated[Optional[float], typer.Option(
+    "--w-max-sigma", help="Apply guidance only at the steps whose noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) is at most this (Kynkaanniemi et al. 2024); elsewhere the conditional prediction, one network pass. inf: every step. \\[default: the model's own, train.sample_w_max_sigma; every step for every preset]")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
 DigitOption = Annotated[str, typer.Option("--digit", help="Class: its index (0-9 for MNIST) or its name (an image folder's class subfolder), 'all' (classes cycle: one per grid column) or 'none' (unconditional).")]
 SampleBatchOption = Annotated[Optional[int], typer.Option(
@@ -56,7 +58,8 @@ CompileOption = Annotated[Optional[bool], typer.Option("--compile/--no-compile",
 
 # The sampler flags of `sample`, `eval` and `visualize denoise`: name -> (declaration, default).
 SAMPLING_FLAGS = {"ddim": (DdimOption, None), "sampler": (SamplerOption, None), "steps": (StepsOption, None),
-                  "eta": (EtaOption, 0.0), "w": (GuidanceOption, None), "seed": (SeedOption, 0)}
+                  "eta": (EtaOption, 0.0), "w": (GuidanceOption, None), "w_max_sigma": (MaxSigmaOption, None),
+                  "seed": (SeedOption, 0)}
 
 
 def sampling_flags(command):
@@ -266,6 +269,7 @@ def compare(
     n: Annotated[int, typer.Option(help="Samples per sampler (FID depends on N: compare at equal N).")] = 50,
     digit: DigitOption = "all",
     w: GuidanceOption = None,
+    w_max_sigma: MaxSigmaOption = None,
     eta: EtaOption = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed: every sampler starts from the same noise.")] = 0,
     show: Annotated[int, typer.Option(help="Rows of the side-by-side grid.")] = 10,
@@ -284,7 +288,7 @@ def compare(
     from .commands.common import SamplingOptions
     from .commands.compare import run_compare
 
-    options = SamplingOptions(eta=eta, w=w, seed=seed, batch_size=batch_size)
+    options = SamplingOptions(eta=eta, w=w, seed=seed, batch_size=batch_size, w_max_sigma=w_max_sigma)
     run_compare(checkpoint=checkpoint, samplers=samplers, steps=steps, distilled=list(distilled or []), n=n,
                 digit=digit, options=options, show=show, out=out, plot=plot, evaluate=evaluate, data_dir=data_dir,
                 device=device, as_json=as_json)

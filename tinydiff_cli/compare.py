@@ -53,9 +53,10 @@ def compare_samplers(plans: list[Plan], labels: torch.Tensor, *, w: float, score
             on_start(name)
         start = time.perf_counter()
         images = pipe.sample(labels, sampler=sampler, steps=steps, w=w, **sample_kwargs)
-        model_steps = len(pipe.timesteps(sampler, steps))
-        run = SamplerRun(name, sampler, model_steps, model_steps * pipe.passes_per_step(labels, w), images,
-                         time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        grid = pipe.timesteps(sampler, steps)
+        evaluations = pipe.network_evaluations(labels, w, grid)
+        run = SamplerRun(name, sampler, len(grid), evaluations, images, seconds)
         if scorer is not None:
             run.score = scorer.score(to_uint8(images), labels)
         runs.append(run)

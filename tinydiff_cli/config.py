@@ -81,6 +81,9 @@ class TrainConfig:
     # The model's guidance weight: what its training grids use and what sample, eval, compare and the app default to.
     # The best w depends on the data and on how long the model trained (README, "Why these defaults").
     sample_w: float = 1.0
+    # Guidance only at the steps with noise level sigma_t = sqrt((1 - alpha_bar) / alpha_bar) <= this (Kynkaanniemi
+    # et al. 2024); None: at every step. Its default use is like sample_w's (README, "Why these defaults").
+    sample_w_max_sigma: Optional[float] = None
     sample_rows: int = 4
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto: bf16 on a GPU that has it, else fp32
     compile: bool = False  # torch.compile the model
@@ -253,6 +256,8 @@ def validate(cfg: Config, image_size: int | None = None) -> Config:
         (t.eval_images >= 0 and t.sample_rows >= 0, "train.eval_images and train.sample_rows must be >= 0"),
         (t.eval_every >= 0 and t.eval_samples >= 2, "train.eval_every must be >= 0 and train.eval_samples at least 2"),
         (t.sample_w >= 0, "train.sample_w, the model's guidance weight, must be >= 0"),
+        (t.sample_w_max_sigma is None or t.sample_w_max_sigma > 0,
+         "train.sample_w_max_sigma must be positive (guidance at sigma_t up to it), or null for every step"),
         (1 <= t.sample_steps <= d.timesteps, f"train.sample_steps must be between 1 and diffusion.timesteps ({d.timesteps})"),
         (cfg.data.image_size is None or 8 <= cfg.data.image_size <= 256, "data.image_size must be between 8 and 256"),
         (cfg.data.channels in (None, 1, 3), "data.channels must be 1 (grey) or 3 (RGB)"),

@@ -255,7 +255,7 @@ class Distiller:
         schedule = self.teacher.schedule
         with torch.no_grad():
             teacher = guided_denoiser(self.teacher.model, schedule, self.teacher.parameterization, labels,
-                                      null_class=self.data.num_classes, w=w)
+                                      null_class=self.data.num_classes, w=w, max_sigma=self.teacher.max_sigma)
             if self.stage.kind == "guidance":
                 x0_target = teacher(x_t, t)[0]
             else:

@@ -10,6 +10,7 @@ x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar), which divides by ~5e-5 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -55,12 +56,35 @@ def passes_per_step(model, labels: torch.Tensor, *, null_class: int, w: float) -
     return 1 if embedded or w == 0 or bool((labels == null_class).all()) else 2
 
 
-def guided_denoiser(model, schedule: Schedule, parameterization: Parameterization, labels: torch.Tensor, *,
-                    null_class: int, w: float | torch.Tensor = 0.0, clip_x0: bool = True) -> Denoiser:
-    """A denoiser for `model` conditioned on `labels` (null_class entries are unconditional); w is one guidance
-    weight or one per row, (B,).
+def noise_level(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar) / alpha_bar), the noise-to-signal ratio of x_t (Karras et al. 2022's sigma;
+    exp(-log-SNR / 2)): the measure of noise that a guidance interval is given in, the same for every schedule."""
+    return (-schedule.log_snr[t] / 2).exp()
 
-    A model that takes w as an input (a guidance-distilled student, `model.guidance_emb`) gets it there, in one pass.
+
+def weight_in_interval(schedule: Schedule, t: torch.Tensor, w: float | torch.Tensor,
+                       max_sigma: float) -> float | torch.Tensor:
+    """The guidance weight at step t when guidance applies only where sigma_t <= max_sigma (Kynkaanniemi et al.
+    2024, "Applying guidance in a limited interval", upper end only): w there, 0 (the conditional prediction)
+    above it. One number when all rows agree, which they do under every sampler (one t per step), so a step
+    outside the interval runs one network pass instead of two."""
+    inside = noise_level(schedule, t) <= max_sigma
+    if bool(inside.all()):
+        return w
+    if not bool(inside.any()):
+        return 0.0
+    return torch.where(inside, torch.as_tensor(w, device=t.device, dtype=torch.float32), 0.0)
+
+
+def guided_denoiser(model, schedule: Schedule, parameterization: Parameterization, labels: torch.Tensor, *,
+                    null_class: int, w: float | torch.Tensor = 0.0, clip_x0: bool = True,
+                    max_sigma: float = math.inf) -> Denoiser:
+    """A denoiser for `model` conditioned on `labels` (null_class entries are unconditional); w is one guidance
+    weight or one per row, (B,). Guidance applies at the steps whose noise level sigma_t is at most max_sigma
+    (`weight_in_interval`; the default, inf: at every step).
+
+    A model that takes w as an input (a guidance-distilled student, `model.guidance_emb`) gets it there, in one pass,
+    at every step (max_sigma does not apply: the student learned its teacher's guidance).
     Otherwise w != 0 runs the conditional and unconditional passes as one batched forward, and a batch that is all
     null class runs one pass (the mix would return the unconditional pass). See `predict_clipped` for clip_x0.
     """
@@ -72,7 +96,8 @@ def guided_denoiser(model, schedule: Schedule, parameterization: Parameterizatio
         if embedded:
             output = model(x_t, t, labels, torch.as_tensor(w, device=x_t.device, dtype=x_t.dtype).expand(x_t.shape[0]))
         else:
-            output = guided_output(model, x_t, t, labels, null_class=null_class, w=w)
+            w_t = w if max_sigma == math.inf else weight_in_interval(schedule, t, w, max_sigma)
+            output = guided_output(model, x_t, t, labels, null_class=null_class, w=w_t)
         return predict_clipped(schedule, parameterization, x_t, t, output, clip_x0)
 
     return denoise

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, DataInfo, DistillInfo, load_checkpoint, load_model
 from .config import Config
-from .guidance import Denoiser, guided_denoiser, passes_per_step
+from .guidance import Denoiser, guided_denoiser, noise_level, passes_per_step
 from .parameterization import Parameterization, get_parameterization
 from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, check_sampler, sampler_label, sampler_options, sampler_timesteps
 from .schedules import Schedule, make_schedule
@@ -66,6 +67,13 @@ def default_guidance(config: Config, distilled: DistillInfo | None = None) -> fl
     return min(max(w, distilled.w_min), distilled.w_max) if distilled is not None else w
 
 
+def default_max_sigma(config: Config) -> float:
+    """The noise level up to which guidance applies when none is given: the model's train.sample_w_max_sigma
+    (inf, every step, when it has none; see guidance.weight_in_interval)."""
+    max_sigma = config.train.sample_w_max_sigma
+    return math.inf if max_sigma is None else max_sigma
+
+
 @dataclass
 class Trajectory:
     """The reverse process, step by step: x[0] is the initial noise, x[i + 1] and x0[i] come from step i."""
@@ -90,6 +98,7 @@ class Pipeline:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width)
     checkpoint: Checkpoint | None = None  # where it was loaded from, if it was
     config: Config | None = None  # the model's config (the checkpoint's, or the one given to from_model)
+    w_max_sigma: float | None = None  # guide only at sigma_t <= this (None: the config's; inf: every step)
 
     @classmethod
     def from_model(cls, model: nn.Module, config: Config, data: DataInfo, checkpoint: Checkpoint | None = None) -> "Pipeline":
@@ -140,6 +149,14 @@ class Pipeline:
         return default_guidance(config, self.distilled)
 
     @property
+    def max_sigma(self) -> float:
+        """Guidance applies at the steps with sigma_t up to this: `w_max_sigma` when set, else the model's own
+        (see `default_max_sigma`)."""
+        if self.w_max_sigma is not None:
+            return self.w_max_sigma
+        return default_max_sigma(self.config or (self.checkpoint.config if self.checkpoint else Config()))
+
+    @property
     def takes_w(self) -> bool:
         """Whether the network takes the guidance weight as an input (a guidance-distilled student)."""
         return getattr(self.model, "guidance_emb", None) is not None
@@ -174,14 +191,21 @@ class Pipeline:
         return f"{label} (eta={eta:g})" if sampler_options(sampler, eta=eta) else label
 
     # ---- drawing ------------------------------------------------------------------------------------------
-    def denoiser(self, labels: torch.Tensor, w: float | None = None) -> Denoiser:
-        """(x_t, t) -> (x_0, eps) for `labels`, with classifier-free guidance of weight w (None: `default_w`)."""
+    def denoiser(self, labels: torch.Tensor, w: float | None = None, max_sigma: float | None = None) -> Denoiser:
+        """(x_t, t) -> (x_0, eps) for `labels`, with classifier-free guidance of weight w at the steps whose noise level
+        sigma_t is at most max_sigma (None: `default_w`, `max_sigma`)."""
         return guided_denoiser(self.model, self.schedule, self.parameterization, labels.to(self.device),
-                               null_class=self.null_class, w=self.default_w if w is None else w)
+                               null_class=self.null_class, w=self.default_w if w is None else w,
+                               max_sigma=self.max_sigma if max_sigma is None else max_sigma)
 
-    def passes_per_step(self, labels: torch.Tensor, w: float) -> int:
-        """Network evaluations per image per step (2 under classifier-free guidance; see guidance.passes_per_step)."""
-        return passes_per_step(self.model, labels, null_class=self.null_class, w=w)
+    def network_evaluations(self, labels: torch.Tensor, w: float, timesteps: list[int]) -> int:
+        """Network evaluations per image over `timesteps`: 2 per step under classifier-free guidance, 1 at the steps
+        outside the guidance interval, `max_sigma` (see guidance.passes_per_step and weight_in_interval)."""
+        passes, max_sigma = passes_per_step(self.model, labels, null_class=self.null_class, w=w), self.max_sigma
+        if passes == 1 or max_sigma == math.inf or self.takes_w:
+            return passes * len(timesteps)
+        guided = noise_level(self.schedule, torch.tensor(timesteps, device=self.schedule.log_snr.device)) <= max_sigma
+        return len(timesteps) + int(guided.sum())
 
     def _run(self, labels, x, *, sampler, timesteps, eta, w, generator, callback):
         return check_sampler(sampler)(self.denoiser(labels, w), x, self.schedule, timesteps, generator=generator,
@@ -194,7 +218,8 @@ class Pipeline:
         """Samples for `labels` in batches: float (N, C, H, W) in [-1, 1], on CPU.
 
         sampler and steps as in `sampling` (None: the default; a sampler without steps: all T). eta goes to the
-        samplers that take it (DDIM). w is the guidance weight; None is the model's own (`default_w`), as in the CLI.
+        samplers that take it (DDIM). w is the guidance weight, applied at the steps with sigma_t <= `max_sigma`; None
+        is the model's own (`default_w`), as in the CLI.
         All initial noise is drawn first from the seeded generator, so every sampler run with the same seed starts
         from the same noise, whatever the batch size. `callback` gets each step's dict (see samplers).
         """

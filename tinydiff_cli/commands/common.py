@@ -2,13 +2,14 @@
 expensive part, each with one clear line."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint
 from ..device import pick_device
 from ..errors import TinydiffError
-from ..pipeline import Pipeline, default_guidance, resolve_sampling
+from ..pipeline import Pipeline, default_guidance, default_max_sigma, resolve_sampling
 from ..samplers import sampler_timesteps
 
 
@@ -26,7 +27,8 @@ def check_at_most_max_images(n: int, flag: str = "--n") -> None:
 class SamplingOptions:
     """How to draw: a sampler from the registry and its steps (both None: the model's default, see
     pipeline.resolve_sampling; a sampler without steps: all T), eta (for samplers that take it), the guidance weight
-    w (None: the model's own, pipeline.default_guidance), the seed and the images per forward batch (None: the
+    w (None: the model's own, pipeline.default_guidance) and the noise level sigma_t up to which it applies (None: the
+    model's own, pipeline.default_max_sigma; inf: every step), the seed and the images per forward batch (None: the
     device's default)."""
 
     sampler: str | None = None
@@ -35,22 +37,29 @@ class SamplingOptions:
     w: float | None = None
     seed: int = 0
     batch_size: int | None = None
+    w_max_sigma: float | None = None
     steps_flag: str = field(default="--steps", compare=False)  # which flag set `steps`, for error messages
 
     @classmethod
     def from_flags(cls, *, ddim: int | None, sampler: str | None, steps: int | None, eta: float, w: float | None,
-                   seed: int, batch_size: int | None = None) -> "SamplingOptions":
+                   seed: int, w_max_sigma: float | None = None, batch_size: int | None = None) -> "SamplingOptions":
         """`--ddim N` is short for `--sampler ddim --steps N`; with neither, the model's default."""
         if ddim is not None:
             if sampler not in (None, "ddim") or steps is not None:
                 raise TinydiffError("--ddim N is short for --sampler ddim --steps N; give one or the other")
-            return cls("ddim", ddim, eta, w, seed, batch_size, "--ddim")
-        return cls(sampler, steps, eta, w, seed, batch_size)
+            return cls("ddim", ddim, eta, w, seed, batch_size, w_max_sigma, "--ddim")
+        return cls(sampler, steps, eta, w, seed, batch_size, w_max_sigma)
 
     def sample_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.sample."""
         return {"sampler": self.sampler, "steps": self.steps, "eta": self.eta, "w": self.w, "seed": self.seed,
                 "batch_size": self.batch_size}
+
+    @property
+    def guidance(self) -> str:
+        """'w=0.5', or 'w=0.5 at sigma <= 5.42' when guidance applies on an interval (after `resolve`)."""
+        interval = self.w_max_sigma is not None and self.w_max_sigma != math.inf and self.w
+        return f"w={self.w:g}" + (f" at sigma <= {self.w_max_sigma:g}" if interval else "")
 
     def resolve(self, ckpt: Checkpoint) -> "SamplingOptions":
         """These options with the checkpoint's defaults filled in, each checked against the registry, the model's T
@@ -68,7 +77,19 @@ class SamplingOptions:
             raise TinydiffError(f"--eta must be in [0, 1], got {self.eta}")
         if self.batch_size is not None and self.batch_size < 1:
             raise TinydiffError("--n and --batch-size must be at least 1")
-        return replace(self, sampler=sampler, steps=steps, w=w)
+        return replace(self, sampler=sampler, steps=steps, w=w, w_max_sigma=self.resolve_max_sigma(ckpt))
+
+    def resolve_max_sigma(self, ckpt: Checkpoint) -> float:
+        """--w-max-sigma checked, or the model's own; inf for a distilled student, which learned its teacher's
+        guidance and applies it at every step."""
+        if not (self.w_max_sigma is None or self.w_max_sigma > 0):  # also refuses nan
+            raise TinydiffError(f"--w-max-sigma must be positive (inf: guidance at every step), got {self.w_max_sigma}")
+        if ckpt.distilled is not None:
+            if self.w_max_sigma not in (None, math.inf):
+                raise TinydiffError("--w-max-sigma does not apply to a distilled model: it learned its teacher's "
+                                    "guidance, interval included; leave the flag out")
+            return math.inf
+        return default_max_sigma(ckpt.config) if self.w_max_sigma is None else self.w_max_sigma
 
 
 def open_checkpoint(checkpoint: Path | None) -> Checkpoint:
@@ -77,9 +98,12 @@ def open_checkpoint(checkpoint: Path | None) -> Checkpoint:
     return load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
 
 
-def load_pipeline(ckpt: Checkpoint, device: str = "auto", weights: str = "ema") -> Pipeline:
-    """The checkpoint's model on the chosen device."""
-    return Pipeline.from_checkpoint(ckpt, device=pick_device(device), weights=weights)
+def load_pipeline(ckpt: Checkpoint, device: str = "auto", weights: str = "ema",
+                  w_max_sigma: float | None = None) -> Pipeline:
+    """The checkpoint's model on the chosen device, guiding at sigma_t <= w_max_sigma (None: the model's own)."""
+    pipe = Pipeline.from_checkpoint(ckpt, device=pick_device(device), weights=weights)
+    pipe.w_max_sigma = w_max_sigma
+    return pipe
 
 
 def parse_digit(digit: str, class_names) -> str | int | None:

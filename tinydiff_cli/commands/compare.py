@@ -3,6 +3,7 @@ time, network evaluations, FID and class accuracy, with the frontier plot."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
         raise TinydiffError("--n must be at least 2 and --show at least 1")
     choice = parse_digit(digit, ckpt.data.class_names)
     check_output(out, plot)
-    pipe = load_pipeline(ckpt, device)
+    pipe = load_pipeline(ckpt, device, w_max_sigma=options.w_max_sigma)
     plans = ([Plan(pipe, "ddpm")] + [Plan(pipe, name, count) for name in names for count in counts]
              + [Plan(load_pipeline(student, device)) for student in students])
     labels = pipe.labels(choice, n)
@@ -83,7 +84,7 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
         data = load_dataset_of(cfg.data, data_dir, trained_on=ckpt.data)
         scorer = Scorer(get_classifier(data, data_dir or cfg.data.data_dir, log=log.print), data)
     w, eta, seed = options.w, options.eta, options.seed
-    log.print(f"comparing samplers on {n} images from {source_of(ckpt)}, w={w:g}, {describe(pipe.device)}")
+    log.print(f"comparing samplers on {n} images from {source_of(ckpt)}, {options.guidance}, {describe(pipe.device)}")
     runs = compare_samplers(plans, labels, scorer=scorer, on_start=lambda name: log.print(f"  sampling {name} ..."),
                             w=w, eta=eta, seed=seed, batch_size=options.batch_size)
     rows = min(show, n)
@@ -95,7 +96,8 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
         frontier_chart(results, plot, title=f"{ckpt.json_path.parent.name}: FID at N = {n}, w = {w:g}, "
                                              f"real-data floor {results[0]['fid_real_floor']:.2f}")
     if as_json:
-        print(json.dumps({"n": n, "w": w, "eta": eta, "seed": seed, "checkpoint": str(ckpt.json_path),
+        max_sigma = None if options.w_max_sigma == math.inf else options.w_max_sigma
+        print(json.dumps({"n": n, "w": w, "w_max_sigma": max_sigma, "eta": eta, "seed": seed, "checkpoint": str(ckpt.json_path),
                           "grid": str(out), "plot": str(plot) if scorer and plot else None, "samplers": results},
                          indent=2))
         return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 import zipfile
@@ -83,16 +84,18 @@ def check_sampling(ckpt: Checkpoint, *, digit: str, n: int, options: SamplingOpt
 
 def sample_for_eval(ckpt: Checkpoint, *, choice, n: int, options: SamplingOptions, device: str, out_console):
     """-> uint8 images, labels and what to report about how they were drawn."""
-    pipe = load_pipeline(ckpt, device)
+    pipe = load_pipeline(ckpt, device, w_max_sigma=options.w_max_sigma)
     labels = pipe.labels(choice, n)
     sampler = pipe.describe_sampler(options.sampler, options.steps)
-    out_console.print(f"sampling {n} images from {source_of(ckpt)} with {sampler}, w={options.w:g} "
+    out_console.print(f"sampling {n} images from {source_of(ckpt)} with {sampler}, {options.guidance} "
                       f"on {describe(pipe.device)}")
     start = time.perf_counter()
     images = pipe.sample(labels, **options.sample_kwargs())
     seconds = time.perf_counter() - start
     return to_uint8(images), labels, {"checkpoint": str(ckpt.json_path), "step": ckpt.step,
-                                      "sampler": sampler, "eta": options.eta, "w": options.w, "seed": options.seed,
+                                      "sampler": sampler, "eta": options.eta, "w": options.w,
+                                      "w_max_sigma": None if options.w_max_sigma == math.inf else options.w_max_sigma,
+                                      "seed": options.seed,
                                       "sampling_seconds": round(seconds, 2)}
 
 

@@ -28,12 +28,12 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
         raise TinydiffError("--n and --batch-size must be at least 1")
     options = options.resolve(ckpt)
     check_output(out, npz)
-    pipe = load_pipeline(ckpt, device, weights)
+    pipe = load_pipeline(ckpt, device, weights, options.w_max_sigma)
     precision = resolve_precision(precision, pipe.device)
     pipe.model = prepare(pipe.model, precision, compile)
     labels = pipe.labels(choice, n)
     console.print(f"checkpoint {ckpt.json_path} (step {ckpt.step}, {'EMA' if weights == 'ema' else 'raw'} weights); "
-                  f"{pipe.describe_sampler(options.sampler, options.steps, options.eta)}, w={options.w:g}, device {describe(pipe.device)}, "
+                  f"{pipe.describe_sampler(options.sampler, options.steps, options.eta)}, {options.guidance}, device {describe(pipe.device)}, "
                   f"{precision}" + (", compiled" if compile else ""))
 
     batches = math.ceil(n / (options.batch_size or default_batch_size(pipe.device)))
