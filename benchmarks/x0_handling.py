@@ -9,15 +9,11 @@ with `tinydiff eval --npz`.
 Run it alone: two torch jobs on a 2-core machine slow each other several times over.
 """
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from tinydiff_cli.data import to_uint8
+from npz_scoring import add_checkpoint_arguments, score_images
 from tinydiff_cli.device import pick_device
 from tinydiff_cli.guidance import guided_denoiser
 from tinydiff_cli.parameterization import predict_eps_from_x0
@@ -34,10 +30,11 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
 def make_denoiser(pipe: Pipeline, variant: str, percentile: float):
     """pipe.denoiser with the x_0 step chosen: "clip" (what the engine does), "none" or "dynamic". Built on the
     engine's own guided_denoiser, so guidance (two passes, or a distilled student's w input) is the engine's."""
-    def denoiser(labels: torch.Tensor, w: float | None = None):
+    def denoiser(labels: torch.Tensor, w: float | None = None, max_sigma: float | None = None):
         w = pipe.default_w if w is None else w
+        max_sigma = pipe.max_sigma if max_sigma is None else max_sigma
         engine = guided_denoiser(pipe.model, pipe.schedule, pipe.parameterization, labels.to(pipe.device),
-                                 null_class=pipe.null_class, w=w, clip_x0=variant == "clip")
+                                 null_class=pipe.null_class, w=w, clip_x0=variant == "clip", max_sigma=max_sigma)
         if variant != "dynamic":
             return engine
 
@@ -53,13 +50,8 @@ def make_denoiser(pipe: Pipeline, variant: str, percentile: float):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--data-dir", type=Path, default=None, help="[default: eval's]")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--n", type=int, default=2000)
+    add_checkpoint_arguments(parser)
     parser.add_argument("--w", type=float, default=None, help="guidance weight [default: the model's own]")
-    parser.add_argument("--sampler", default=None)
-    parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--variants", default="clip,none,dynamic")
     parser.add_argument("--percentile", type=float, default=0.995)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/x0_handling"))
@@ -77,13 +69,7 @@ def main() -> None:
         images = pipe.sample(labels, sampler=args.sampler, steps=args.steps, w=w, seed=0)
         npz = args.out / (f"{variant}{args.percentile:g}" if variant == "dynamic" else variant)
         npz = npz.with_name(f"{npz.name}-{pipe.describe_sampler(args.sampler, args.steps)}-w{w:g}-n{args.n}.npz")
-        np.savez(npz, arr_0=to_uint8(images).numpy(), arr_1=labels.numpy().astype(np.int64))
-        cmd = [sys.executable, "-m", "tinydiff_cli", "eval", "--npz", str(npz), "--dataset",
-               pipe.checkpoint.config.data.dataset, "--json", *(["--data-dir", str(args.data_dir)] if args.data_dir else [])]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr}")
-        score = json.loads(result.stdout[result.stdout.index("{"):])
+        score = score_images(images, labels, npz, pipe.checkpoint.config.data.dataset, args.data_dir)
         rows.append((variant, score["fid"], score["fid_real_floor"], score["class_accuracy"]))
         print(f"{variant}: FID {score['fid']:.3f} (floor {score['fid_real_floor']:.3f}), "
               f"class accuracy {score['class_accuracy']:.2%}", flush=True)
