@@ -134,6 +134,14 @@ def test_sample_is_reproducible_with_a_seed(trained_run, tmp_path):
 
 
 
+def sample_six(run: Path, out: Path, flags: list[str]) -> tuple[np.ndarray, str]:
+    """`tinydiff sample --n 6` with `flags`: the images (from its .npz) and what it printed."""
+    result = invoke("sample", "--checkpoint", run, "--n", "6", "--out", out.with_suffix(".png"),
+                    "--npz", out.with_suffix(".npz"), "--device", "cpu", *flags)
+    assert result.exit_code == 0, result.output
+    return np.load(out.with_suffix(".npz"))["arr_0"], result.output
+
+
 def test_without_w_a_model_samples_at_its_own_guidance_weight(tiny_preset, data_dir, tmp_path):
     """train.sample_w is the model's guidance weight: sample, eval and compare default to it; --w overrides it."""
     run = tmp_path / "run"
@@ -142,11 +150,8 @@ def test_without_w_a_model_samples_at_its_own_guidance_weight(tiny_preset, data_
     assert result.exit_code == 0, result.output
     images = {}
     for name, flags in (("default", []), ("w3", ["--w", "3"]), ("w1", ["--w", "1"])):
-        result = invoke("sample", "--checkpoint", run, "--n", "6", "--out", tmp_path / f"{name}.png",
-                        "--npz", tmp_path / f"{name}.npz", "--device", "cpu", *flags)
-        assert result.exit_code == 0, result.output
-        images[name] = np.load(tmp_path / f"{name}.npz")["arr_0"]
-        assert f"w={3 if name != 'w1' else 1}," in result.output
+        images[name], output = sample_six(run, tmp_path / name, flags)
+        assert f"w={3 if name != 'w1' else 1}," in output
     np.testing.assert_array_equal(images["default"], images["w3"])
     assert not np.array_equal(images["default"], images["w1"])
     for w_flags, expected in (([], 3.0), (["--w", "0.5"], 0.5)):
@@ -164,11 +169,8 @@ def test_guidance_interval_is_the_models_own_unless_a_flag_says_otherwise(tiny_p
     assert result.exit_code == 0, result.output
     images = {}
     for name, flags in (("default", []), ("one", ["--w-max-sigma", "1"]), ("everywhere", ["--w-max-sigma", "inf"])):
-        result = invoke("sample", "--checkpoint", run, "--n", "6", "--out", tmp_path / f"{name}.png",
-                        "--npz", tmp_path / f"{name}.npz", "--device", "cpu", *flags)
-        assert result.exit_code == 0, result.output
-        images[name] = np.load(tmp_path / f"{name}.npz")["arr_0"]
-        assert ("w=3 at sigma <= 1," if name != "everywhere" else "w=3,") in result.output
+        images[name], output = sample_six(run, tmp_path / name, flags)
+        assert ("w=3 at sigma <= 1," if name != "everywhere" else "w=3,") in output
     np.testing.assert_array_equal(images["default"], images["one"])
     assert not np.array_equal(images["default"], images["everywhere"])
     for flags, expected in (([], 1.0), (["--w-max-sigma", "inf"], None), (["--w-max-sigma", "2.5"], 2.5)):
