@@ -143,10 +143,14 @@ class Pipeline:
         return self.checkpoint.distilled if self.checkpoint is not None else None
 
     @property
+    def model_config(self) -> Config:
+        """The config the model was trained with: the one given to from_model, the checkpoint's, else the defaults."""
+        return self.config or (self.checkpoint.config if self.checkpoint else Config())
+
+    @property
     def default_w(self) -> float:
         """The guidance weight this model samples with by default (see `default_guidance`)."""
-        config = self.config or (self.checkpoint.config if self.checkpoint else Config())
-        return default_guidance(config, self.distilled)
+        return default_guidance(self.model_config, self.distilled)
 
     @property
     def max_sigma(self) -> float:
@@ -154,7 +158,7 @@ class Pipeline:
         (see `default_max_sigma`)."""
         if self.w_max_sigma is not None:
             return self.w_max_sigma
-        return default_max_sigma(self.config or (self.checkpoint.config if self.checkpoint else Config()))
+        return default_max_sigma(self.model_config)
 
     @property
     def takes_w(self) -> bool:
