@@ -4,6 +4,7 @@
     python benchmarks/sweep.py --budget-minutes 10 --set train.lr=1e-3,2e-3 --set train.batch_size=32,64 --n 2000
     python benchmarks/sweep.py --train-steps 1100 --seeds 1,2 --set diffusion.objective=eps,v --n 2000
     python benchmarks/sweep.py --train-steps 1100,2200,4400 --seeds 1 --w 0.25,0.5,1 --n 2000   # quality vs budget
+    python benchmarks/sweep.py --train-steps 4300 --w 0.5 --w-max-sigma 5 --n 5000   # guided at sigma_t <= 5 only
 
 Every combination of the --set values (their cartesian product), once per seed of --seeds, is one run of the real
 `tinydiff train --max-minutes B` (or `--max-steps N`), then `tinydiff eval --json` on its checkpoint, one after the
@@ -96,6 +97,7 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
             for w in weights:
                 score_args = ["eval", "--checkpoint", str(run_dir), "--n", str(args.n), "--json", "--device", args.device]
                 score_args += ["--w", f"{w:g}"] if w is not None else []
+                score_args += ["--w-max-sigma", f"{args.w_max_sigma:g}"] if args.w_max_sigma is not None else []
                 score_args += ["--sampler", args.sampler] if args.sampler else []
                 score_args += ["--steps", str(args.steps)] if args.steps else []
                 score = last_json_object(run_cli(score_args))
@@ -108,6 +110,7 @@ def sweep(args, run_cli=subprocess_cli) -> list[dict]:
                       f"accuracy {score['class_accuracy']:.1%}", flush=True)
     data = f", {args.dataset}" if args.dataset else ""
     w_words = ", ".join(f"{w:g}" for w in weights) if args.w is not None else "each model's own"
+    w_words += f", guided at sigma <= {args.w_max_sigma:g}" if args.w_max_sigma is not None else ""
     write_outputs(rows, out, title=f"{args.preset}{data}, {budget_words(args)} each, eval N = {args.n}, w = {w_words}",
                   keys=[key for key in rows[0] if key not in RESULT_FIELDS])
     return rows
@@ -244,6 +247,8 @@ def parse_args(argv=None):
     parser.add_argument("--n", type=int, default=2000, help="samples per eval (compare FID only at equal N)")
     parser.add_argument("--w", default=None, help="guidance weight(s) of the evals, e.g. 0.5,1: each trained model is "
                         "scored at every one [default: each model's own, train.sample_w]")
+    parser.add_argument("--w-max-sigma", type=float, default=None, help="guide only the steps at noise level "
+                        "sigma <= S (tinydiff eval --w-max-sigma) [default: each model's own]")
     parser.add_argument("--sampler", default=None, help="eval's sampler [default: the engine's default]")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1: each setting runs once per seed")
@@ -257,6 +262,9 @@ def parse_args(argv=None):
         parser.error("give --budget-minutes M, --train-steps N, or both")
     if args.w is not None:
         guidance_weights(args.w)  # a bad value stops here, before any training
+    if args.w_max_sigma is not None and not args.w_max_sigma > 0:  # also refuses nan
+        parser.error(f"--w-max-sigma takes a positive noise level such as 5 (inf: every step), "
+                     f"got {args.w_max_sigma:g}")
     step_budgets(args.train_steps)
     return args
 

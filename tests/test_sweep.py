@@ -91,16 +91,17 @@ def test_several_guidance_weights_score_each_trained_model_at_every_w(tiny_prese
         calls.append(args[0])
         stdout = in_process_cli(args)
         if args[0] == "eval":  # the eval really ran at the w the row says
-            assert sweep.last_json_object(stdout)["extra"]["w"] == float(args[args.index("--w") + 1])
+            extra = sweep.last_json_object(stdout)["extra"]
+            assert extra["w"] == float(args[args.index("--w") + 1]) and extra["w_max_sigma"] == 5.0
         return stdout
 
-    args = sweep.parse_args(["--preset", str(tiny_preset), "--train-steps", "2", "--w", "0,1.5", "--n", "20",
-                             "--device", "cpu", "--data-dir", str(data_dir), "--out", str(out)])
+    args = sweep.parse_args(["--preset", str(tiny_preset), "--train-steps", "2", "--w", "0,1.5", "--w-max-sigma", "5",
+                             "--n", "20", "--device", "cpu", "--data-dir", str(data_dir), "--out", str(out)])
     rows = sweep.sweep(args, run_cli=recording_cli)
     assert calls == ["train", "eval", "eval"]  # one training, scored twice
     assert [(row["run"], row["w"]) for row in rows] == [("preset", 0.0), ("preset", 1.5)]
     table = (out / "sweep.md").read_text()
-    assert "w = 0, 1.5" in table and "best guidance weight" in table
+    assert "w = 0, 1.5, guided at sigma <= 5" in table and "best guidance weight" in table
     assert iio.imread(out / "sweep.png").ndim == 3
 
 
@@ -118,6 +119,9 @@ def test_best_guidance_picks_each_settings_lowest_mean_fid():
     for bad in ("1,x", "-1", "1,1"):
         with pytest.raises(SystemExit, match="--w"):
             sweep.guidance_weights(bad)
+    for bad in ("0", "-1", "nan"):  # refused when parsed, before the first training
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--train-steps", "5", "--w-max-sigma", bad])
 
 
 def test_several_step_counts_are_whole_runs_of_each_length(tiny_preset, data_dir, tmp_path):
