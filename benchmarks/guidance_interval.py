@@ -14,7 +14,7 @@ from pathlib import Path
 
 from npz_scoring import add_checkpoint_arguments, score_images
 from tinydiff_cli.device import pick_device
-from tinydiff_cli.guidance import guided_denoiser
+from tinydiff_cli.diffusion.guidance import guided_denoiser
 from tinydiff_cli.pipeline import Pipeline
 
 
@@ -23,12 +23,13 @@ def interval_denoiser(pipe: Pipeline, t_lo: int, t_hi: int):
     the denoiser with one t for the whole batch, so the choice is made per step."""
     def denoiser(labels, w=None, max_sigma=None):  # max_sigma: the engine's upper end, replaced by [t_lo, t_hi]
         w = pipe.default_w if w is None else w
-        make = lambda weight: guided_denoiser(pipe.model, pipe.schedule, pipe.parameterization,  # noqa: E731
-                                              labels.to(pipe.device), null_class=pipe.null_class, w=weight)
+        make = lambda weight: guided_denoiser(pipe.model, pipe.formulation, labels.to(pipe.device),  # noqa: E731
+                                              null_class=pipe.null_class, w=weight)
         guided, plain = make(w), make(0.0)
 
-        def denoise(x_t, t):
-            return guided(x_t, t) if t_lo <= int(t[0]) <= t_hi else plain(x_t, t)
+        def denoise(x, sigma):
+            t = round(float(pipe.formulation.timestep(torch.as_tensor(sigma).reshape(-1)[:1])))
+            return guided(x, sigma) if t_lo <= t <= t_hi else plain(x, sigma)
 
         return denoise
 
@@ -56,7 +57,7 @@ def main() -> None:
     weights = [pipe.default_w] if args.w is None else [float(v) for v in args.w.split(",")]
     labels = pipe.labels("all", args.n)  # what `tinydiff eval` samples: the classes in turn
     sampler = pipe.describe_sampler(args.sampler, args.steps)
-    print(f"{args.checkpoint}, {sampler} over t = {pipe.timesteps(args.sampler, args.steps)}, N = {args.n}", flush=True)
+    print(f"{args.checkpoint}, {sampler} over t = {pipe.timesteps(pipe.sigmas(args.sampler, args.steps))}, N = {args.n}", flush=True)
     rows = []
     for w in weights:
         for text in args.intervals.split(","):

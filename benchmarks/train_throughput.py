@@ -10,10 +10,9 @@ import time
 import torch
 
 from tinydiff_cli.config import available_presets, load_config
-from tinydiff_cli.losses import diffusion_loss
+from tinydiff_cli.diffusion.loss import diffusion_loss
 from tinydiff_cli.models import build_model
-from tinydiff_cli.parameterization import get_parameterization
-from tinydiff_cli.schedules import make_schedule
+from tinydiff_cli.pipeline import formulation_of
 
 
 def measure(preset: str, steps: int, warmup: int = 2, overrides: list[str] | None = None) -> tuple[int, int, float]:
@@ -21,8 +20,7 @@ def measure(preset: str, steps: int, warmup: int = 2, overrides: list[str] | Non
     # the preset's own image shape (data.image_size, data.channels), else MNIST's 28x28 grey
     size, channels = cfg.data.image_size or 28, cfg.data.channels or 1
     model = build_model(cfg.model, image_size=size, in_channels=channels)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    parameterization = get_parameterization(cfg.diffusion.objective)
+    formulation = formulation_of(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = cfg.train.batch_size
     parameters = sum(p.numel() for p in model.parameters())
@@ -30,7 +28,7 @@ def measure(preset: str, steps: int, warmup: int = 2, overrides: list[str] | Non
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
-        loss = diffusion_loss(model, schedule, parameterization, x0, labels, min_snr_gamma=cfg.diffusion.min_snr_gamma)
+        loss = diffusion_loss(model, formulation, x0, labels, min_snr_gamma=cfg.diffusion.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

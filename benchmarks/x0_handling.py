@@ -15,8 +15,7 @@ import torch
 
 from npz_scoring import add_checkpoint_arguments, score_images
 from tinydiff_cli.device import pick_device
-from tinydiff_cli.guidance import guided_denoiser
-from tinydiff_cli.parameterization import predict_eps_from_x0
+from tinydiff_cli.diffusion.guidance import guided_denoiser
 from tinydiff_cli.pipeline import Pipeline
 
 
@@ -33,15 +32,13 @@ def make_denoiser(pipe: Pipeline, variant: str, percentile: float):
     def denoiser(labels: torch.Tensor, w: float | None = None, max_sigma: float | None = None):
         w = pipe.default_w if w is None else w
         max_sigma = pipe.max_sigma if max_sigma is None else max_sigma
-        engine = guided_denoiser(pipe.model, pipe.schedule, pipe.parameterization, labels.to(pipe.device),
-                                 null_class=pipe.null_class, w=w, clip_x0=variant == "clip", max_sigma=max_sigma)
+        engine = guided_denoiser(pipe.model, pipe.formulation, labels.to(pipe.device), null_class=pipe.null_class,
+                                 w=w, clip_x0=variant == "clip", max_sigma=max_sigma)
         if variant != "dynamic":
             return engine
 
-        def denoise(x_t, t):
-            x0, _ = engine(x_t, t)
-            x0 = dynamic_threshold(x0, percentile)
-            return x0, predict_eps_from_x0(pipe.schedule, x_t, t, x0)
+        def denoise(x, sigma):
+            return dynamic_threshold(engine(x, sigma), percentile)
 
         return denoise
 

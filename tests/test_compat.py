@@ -40,7 +40,7 @@ def test_old_files_load_into_a_pipeline():
     for model in PRESETS:
         pipe = Pipeline.from_checkpoint(model_path(model))
         assert pipe.num_classes == 10 and pipe.null_class == 10 and pipe.image_shape == (1, 28, 28)
-        assert pipe.parameterization.name == model.split("_")[1]
+        assert pipe.formulation.name == model.split("_")[1]
         assert pipe.checkpoint.config.diffusion.schedule == model.split("_")[2]
     raw = Pipeline.from_checkpoint(model_path("unet_eps_linear"), weights="raw")
     ema = Pipeline.from_checkpoint(model_path("unet_eps_linear"))

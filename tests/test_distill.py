@@ -10,12 +10,11 @@ from typer.testing import CliRunner
 
 from tinydiff_cli.checkpoint import load_checkpoint, load_model
 from tinydiff_cli.cli import app
-from tinydiff_cli.distill import (Distiller, DistillSettings, alpha_sigma, ddim_step, grid_with_end, plan_stages,
+from tinydiff_cli.diffusion.formulations import make_formulation
+from tinydiff_cli.distill import (Distiller, DistillSettings, ddim_step, plan_stages,
                                   student_from_teacher, two_step_target)
 from tinydiff_cli.errors import TinydiffError
 from tinydiff_cli.pipeline import Pipeline
-from tinydiff_cli.samplers import spaced_timesteps
-from tinydiff_cli.schedules import make_schedule
 
 from test_samplers import exact_gaussian_denoiser
 
@@ -25,26 +24,35 @@ runner = CliRunner()
 @pytest.mark.parametrize("T", [50, 1000])
 def test_grids_nest_so_one_student_step_is_two_teacher_steps(T):
     for n in (n for n in (1, 2, 4, 8, 16, 32) if 2 * n <= T):
-        assert spaced_timesteps(T, 2 * n)[::2] == spaced_timesteps(T, n)
+        form = make_formulation("v", timesteps=T)
+        assert form.timesteps(2 * n)[::2] == form.timesteps(n)
+        assert form.sigmas(2 * n)[::2].tolist() == form.sigmas(n).tolist()  # the final 0 included
 
 
 def test_two_step_target_makes_one_ddim_step_land_where_two_teacher_steps_do():
     """Salimans & Ho, Algorithm 2: one DDIM step from x_t with the target x_0 must reach the teacher's two-step
     point, here with the exact Gaussian denoiser as teacher; for t_next = -1 the target is the teacher's final x_0."""
-    sch = make_schedule("linear", 1000)
-    teacher = exact_gaussian_denoiser(sch, 0.3, 0.5, 6)
-    x_t = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    grid, fine = grid_with_end(1000, 3, "cpu"), grid_with_end(1000, 6, "cpu")
+    form = make_formulation("eps")
+    teacher = exact_gaussian_denoiser(form, 0.3, 0.5, 6)
+    grid, fine = form.sigmas(3), form.sigmas(6)
     i = torch.tensor([0, 1, 2, 0, 1, 2])
-    t, t_mid, t_next = grid[i], fine[2 * i + 1], grid[i + 1]
-    target = two_step_target(teacher, sch, x_t, t, t_mid, t_next)
-    alpha, sigma = alpha_sigma(sch, t)
-    one_step = ddim_step(sch, target, (x_t - alpha * target) / sigma, t_next)
-    x0, eps = teacher(x_t, t)
-    x0, eps = teacher(ddim_step(sch, x0, eps, t_mid), t_mid)
-    torch.testing.assert_close(one_step, ddim_step(sch, x0, eps, t_next), atol=1e-4, rtol=1e-4)
+    sigma, sigma_mid, sigma_next = grid[i], fine[2 * i + 1], grid[i + 1]
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * (1 + sigma**2).sqrt().view(-1, 1, 1, 1)
+    target = two_step_target(teacher, x, sigma, sigma_mid, sigma_next)
+    one_step = ddim_step(target, x, sigma, sigma_next)
+    # the teacher's two steps, written out with DDIM's eq. 12 in alpha_bar: x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps
+    ab = lambda s: (1 / (1 + s**2)).view(-1, 1, 1, 1)  # noqa: E731
+
+    def teacher_ddim(x_s, s, s_next):  # in x_t = sqrt(ab) x, the VP space
+        x0 = teacher(x_s / ab(s).sqrt(), s)
+        eps = (x_s - ab(s).sqrt() * x0) / (1 - ab(s)).sqrt()
+        return ab(s_next).sqrt() * x0 + (1 - ab(s_next)).sqrt() * eps
+
+    x_next = teacher_ddim(teacher_ddim(ab(sigma).sqrt() * x, sigma, sigma_mid), sigma_mid, sigma_next)
+    torch.testing.assert_close(ab(sigma_next).sqrt() * one_step, x_next, atol=1e-4, rtol=1e-4)
     last = i == 2
-    torch.testing.assert_close(target[last], x0[last])
+    x_mid = ddim_step(teacher(x, sigma), x, sigma, sigma_mid)
+    torch.testing.assert_close(target[last], teacher(x_mid, sigma_mid)[last])
 
 
 def test_plan_halves_from_the_teacher_grid_down_to_the_steps():

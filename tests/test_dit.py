@@ -6,9 +6,8 @@ import torch
 from tinydiff_cli.config import load_config
 from tinydiff_cli.models import build_model
 from tinydiff_cli.models.dit import DiT, sincos_2d
-from tinydiff_cli.losses import diffusion_loss
-from tinydiff_cli.parameterization import X0Prediction
-from tinydiff_cli.schedules import make_schedule
+from tinydiff_cli.diffusion.loss import diffusion_loss
+from tinydiff_cli.diffusion.formulations import make_formulation
 
 
 @pytest.mark.parametrize("patch_size", [2, 4, 7])
@@ -53,7 +52,7 @@ def test_unpatchify_inverts_patch_order():
 def test_overfits_a_tiny_batch():
     torch.manual_seed(0)
     model = build_model(load_config("dit-small", ["model.depth=2", "model.hidden_size=64"]).model)
-    schedule = make_schedule("linear", 1000)
+    form = make_formulation("x0")
     x0 = torch.zeros(8, 1, 28, 28) - 1
     x0[:, :, 8:20, 10:18] = 1  # one bright block: a tiny dataset to memorise
     labels = torch.arange(8) % 10
@@ -61,7 +60,7 @@ def test_overfits_a_tiny_batch():
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(60):
-        loss = diffusion_loss(model, schedule, X0Prediction(), x0, labels, min_snr_gamma=0, generator=g)
+        loss = diffusion_loss(model, form, x0, labels, min_snr_gamma=0, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()

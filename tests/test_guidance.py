@@ -1,10 +1,11 @@
-import torch
+import math
 
 import pytest
+import torch
 
-from tinydiff_cli.guidance import cfg_mix, guided_denoiser, noise_level, weight_in_interval
-from tinydiff_cli.parameterization import get_parameterization
-from tinydiff_cli.schedules import make_betas, make_schedule
+from tinydiff_cli.diffusion.formulations import make_formulation
+from tinydiff_cli.diffusion.guidance import cfg_mix, guided_denoiser, weight_in_interval
+from tinydiff_cli.diffusion.schedules import make_betas
 
 
 class LabelModel(torch.nn.Module):
@@ -20,58 +21,71 @@ class LabelModel(torch.nn.Module):
         return 0.3 * x + 0.01 * labels.view(-1, 1, 1, 1).float() + 0.0001 * t.view(-1, 1, 1, 1)
 
 
-def setup():
-    sch = make_schedule("cosine", 1000)
+def setup(objective="v"):
+    form = make_formulation(objective, schedule="cosine")
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    t = torch.tensor([100, 300, 500, 700])
+    if form.discrete:
+        sigma = form.schedule.sigmas[torch.tensor([100, 300, 500, 700])]
+    else:
+        sigma = torch.tensor([0.1, 0.8, 3.0, 20.0])
     labels = torch.tensor([0, 3, 7, 9])
-    return sch, x, t, labels, LabelModel()
+    return form, x, sigma, labels, LabelModel()
+
+
+def network_x0(form, model, x, sigma, labels):
+    """The unguided D(x; sigma), written out: the network at c_in x and c_noise, then to_x0."""
+    s = sigma.view(-1, 1, 1, 1)
+    return form.to_x0(x, s, model(form.c_in(s) * x, form.c_noise(sigma), labels))
 
 
 def test_w0_equals_conditional_prediction_with_one_unbatched_pass():
-    sch, x, t, labels, model = setup()
-    v = get_parameterization("v")
-    x0, eps = guided_denoiser(model, sch, v, labels, null_class=10, w=0.0, clip_x0=False)(x, t)
-    x0_ref, eps_ref = v.to_x0_eps(sch, x, t, model(x, t, labels))
-    torch.testing.assert_close(x0, x0_ref)
-    torch.testing.assert_close(eps, eps_ref)
+    form, x, sigma, labels, model = setup()
+    x0 = guided_denoiser(model, form, labels, null_class=10, w=0.0, clip_x0=False)(x, sigma)
+    torch.testing.assert_close(x0, network_x0(form, model, x, sigma, labels))
     assert model.calls == [4, 4]
+    # the discrete model is called at its own integer t
+    seen = []
+    guided_denoiser(lambda x_in, t, lab: seen.append(t) or x_in, form, labels, null_class=10)(x, sigma)
+    assert seen[0].tolist() == [100, 300, 500, 700]
 
 
-def test_guidance_is_ho_salimans_in_eps_space_in_one_batched_pass():
-    for objective in ("eps", "x0", "v"):
-        sch, x, t, labels, model = setup()
-        param, w = get_parameterization(objective), 2.5
-        x0, eps = guided_denoiser(model, sch, param, labels, null_class=10, w=w, clip_x0=False)(x, t)
-        assert model.calls == [8]  # conditional + unconditional as one forward
-        x0_c, eps_c = param.to_x0_eps(sch, x, t, model(x, t, labels))
-        x0_u, eps_u = param.to_x0_eps(sch, x, t, model(x, t, torch.full_like(labels, 10)))
-        torch.testing.assert_close(eps, (1 + w) * eps_c - w * eps_u, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(x0, (1 + w) * x0_c - w * x0_u, rtol=1e-4, atol=1e-4)
+@pytest.mark.parametrize("objective", ["eps", "x0", "v", "edm", "flow"])
+def test_guidance_is_ho_salimans_eq_6_in_one_batched_pass(objective):
+    form, x, sigma, labels, model = setup(objective)
+    w = 2.5
+    x0 = guided_denoiser(model, form, labels, null_class=10, w=w, clip_x0=False)(x, sigma)
+    assert model.calls == [8]  # conditional + unconditional as one forward
+    x0_c = network_x0(form, model, x, sigma, labels)
+    x0_u = network_x0(form, model, x, sigma, torch.full_like(labels, 10))
+    torch.testing.assert_close(x0, (1 + w) * x0_c - w * x0_u, rtol=1e-4, atol=1e-4)
+    if objective == "eps":  # and in eps space, eps = (x - x_0) / sigma, as the paper writes it
+        s = sigma.view(-1, 1, 1, 1)
+        eps = lambda x0: (x - x0) / s  # noqa: E731
+        torch.testing.assert_close(eps(x0), (1 + w) * eps(x0_c) - w * eps(x0_u), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("objective", ["v", "x0"])
 def test_guided_x0_is_accurate_at_t_near_T(objective):
     """Mixing the network's output keeps the guided x_0 of v- and x0-models within float32 rounding of the float64
-    result at t = T-1 of the cosine schedule, where the detour through eps (dividing by sqrt(alpha_bar) ~ 5e-5) lost
-    about three digits."""
-    sch, x, _, labels, model = setup()
-    t = torch.full((4,), 999)
-    param, w = get_parameterization(objective), 3.0
-    x0, _ = guided_denoiser(model, sch, param, labels, null_class=10, w=w, clip_x0=False)(x, t)
+    result at t = T-1 of the cosine schedule, where a detour through eps would divide by sqrt(alpha_bar) ~ 5e-5."""
+    form, x_t, _, labels, model = setup(objective)
+    sigma = form.schedule.sigmas[999].expand(4)
+    x = x_t * form.prior_std()  # x = x_t / sqrt(alpha_bar)
+    w = 3.0
+    x0 = guided_denoiser(model, form, labels, null_class=10, w=w, clip_x0=False)(x, sigma)
     ab = torch.cumprod(1 - make_betas("cosine", 1000), 0)[999]  # float64
-    out = (1 + w) * model(x, t, labels).double() - w * model(x, t, torch.full_like(labels, 10)).double()
-    exact = ab.sqrt() * x.double() - (1 - ab).sqrt() * out if objective == "v" else out
-    assert (x0.double() - exact).abs().max().item() < 1e-5
+    t = torch.full((4,), 999)
+    out = (1 + w) * model(x_t, t, labels).double() - w * model(x_t, t, torch.full_like(labels, 10)).double()
+    exact = ab.sqrt() * x_t.double() - (1 - ab).sqrt() * out if objective == "v" else out
+    assert (x0.double() - exact).abs().max().item() < 1e-4
 
 
 def test_unconditional_rows_skip_the_wasted_pass():
-    sch, x, t, labels, model = setup()
+    form, x, sigma, labels, model = setup()
     null = torch.full_like(labels, 10)
-    x0, eps = guided_denoiser(model, sch, get_parameterization("v"), null, null_class=10, w=3.0, clip_x0=False)(x, t)
+    x0 = guided_denoiser(model, form, null, null_class=10, w=3.0, clip_x0=False)(x, sigma)
     assert model.calls == [4]  # one unbatched pass, not 8 rows
-    x0_ref, _ = get_parameterization("v").to_x0_eps(sch, x, t, model(x, t, null))
-    torch.testing.assert_close(x0, x0_ref)
+    torch.testing.assert_close(x0, network_x0(form, model, x, sigma, null))
 
 
 def test_cfg_mix_convention():
@@ -80,47 +94,37 @@ def test_cfg_mix_convention():
     assert cfg_mix(c, u, 1.0).item() == -1.0
 
 
-def test_clip_keeps_x0_in_range_and_eps_consistent():
-    sch, x, t, labels, model = setup()
-    x_big = 50 * x
-    x0, eps = guided_denoiser(model, sch, get_parameterization("eps"), labels, null_class=10, w=1.0)(x_big, t)
-    assert x0.abs().max() <= 1.0
-    ab = sch.alpha_bar[t].view(-1, 1, 1, 1)
-    torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, x_big, rtol=1e-4, atol=1e-3)
-
-
-def test_noise_level_is_sigma_of_the_schedule():
-    sch = make_schedule("linear", 1000)
-    t = torch.tensor([0, 499, 999])
-    ab = torch.cumprod(1 - make_betas("linear", 1000), 0)[t]  # float64
-    torch.testing.assert_close(noise_level(sch, t).double(), ((1 - ab) / ab).sqrt(), rtol=1e-5, atol=0)
-    assert 3.3 < noise_level(sch, torch.tensor([499])).item() < 3.5  # linear betas 1e-4..0.02: sigma_499 = 3.42
+def test_clip_keeps_x0_in_the_data_range():
+    form, x, sigma, labels, model = setup("eps")
+    x0 = guided_denoiser(model, form, labels, null_class=10, w=1.0)(50 * x, sigma)
+    unclipped = guided_denoiser(model, form, labels, null_class=10, w=1.0, clip_x0=False)(50 * x, sigma)
+    assert x0.abs().max() <= 1.0 and unclipped.abs().max() > 1.0
+    torch.testing.assert_close(x0, unclipped.clamp(-1, 1))
 
 
 def test_guidance_interval_guides_only_at_low_noise_with_one_pass_elsewhere():
-    sch, x, _, labels, model = setup()
-    eps = get_parameterization("eps")
-    max_sigma = noise_level(sch, torch.tensor([500])).item()  # t <= 500 are inside (sigma grows with t)
-    interval = guided_denoiser(model, sch, eps, labels, null_class=10, w=2.0, clip_x0=False, max_sigma=max_sigma)
-    full = guided_denoiser(model, sch, eps, labels, null_class=10, w=2.0, clip_x0=False)
-    plain = guided_denoiser(model, sch, eps, labels, null_class=10, w=0.0, clip_x0=False)
-    low, high = torch.full((4,), 300), torch.full((4,), 700)
+    form, x, _, labels, model = setup("eps")
+    sig = form.schedule.sigmas
+    max_sigma = sig[500].item()  # t <= 500 are inside (sigma grows with t)
+    interval = guided_denoiser(model, form, labels, null_class=10, w=2.0, clip_x0=False, max_sigma=max_sigma)
+    full = guided_denoiser(model, form, labels, null_class=10, w=2.0, clip_x0=False)
+    plain = guided_denoiser(model, form, labels, null_class=10, w=0.0, clip_x0=False)
+    low, high = sig[300], sig[700]
     model.calls.clear()
     torch.testing.assert_close(interval(x, high), plain(x, high))  # above the interval: the conditional prediction
     assert model.calls == [4, 4]  # one unbatched pass each
     torch.testing.assert_close(interval(x, low), full(x, low))
-    mixed = torch.tensor([300, 700, 100, 900])  # rows at different t (distillation batches): each row its own weight
-    x0, _ = interval(x, mixed)
-    x0_full, x0_plain = full(x, mixed)[0], plain(x, mixed)[0]
+    mixed = sig[torch.tensor([300, 700, 100, 900])]  # rows at different sigma (distillation batches)
+    x0 = interval(x, mixed)
+    x0_full, x0_plain = full(x, mixed), plain(x, mixed)
     torch.testing.assert_close(x0[[0, 2]], x0_full[[0, 2]])
     torch.testing.assert_close(x0[[1, 3]], x0_plain[[1, 3]])
+    assert not torch.allclose(x0_full, x0_plain)  # the weight matters here, so the rows above say something
 
 
 def test_weight_in_interval_keeps_per_row_weights():
-    sch = make_schedule("linear", 1000)
     w = torch.tensor([1.0, 2.0, 3.0])
-    max_sigma = noise_level(sch, torch.tensor([500])).item()
-    assert weight_in_interval(sch, torch.tensor([10, 20, 30]), w, max_sigma) is w
-    assert weight_in_interval(sch, torch.tensor([900, 901, 902]), w, max_sigma) == 0.0
-    torch.testing.assert_close(weight_in_interval(sch, torch.tensor([10, 900, 30]), w, max_sigma),
-                               torch.tensor([1.0, 0.0, 3.0]))
+    assert weight_in_interval(torch.tensor([0.1, 0.2, 3.0]), w, 3.4) is w
+    assert weight_in_interval(torch.tensor([4.0, 50.0, 157.0]), w, 3.4) == 0.0
+    torch.testing.assert_close(weight_in_interval(torch.tensor([0.1, 50.0, 3.0]), w, 3.4), torch.tensor([1.0, 0.0, 3.0]))
+    assert weight_in_interval(torch.tensor([1e9]), 2.0, math.inf) == 2.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinydiff_cli.schedules import SCHEDULES, make_schedule
+from tinydiff_cli.diffusion.schedules import SCHEDULES, make_schedule
 
 
 def test_linear_alpha_bar_T_matches_product_formula():
@@ -67,3 +67,13 @@ def test_linear_scales_with_T_and_unknown_names_fail():
     assert torch.isfinite(shortest.log_snr).all() and shortest.alpha_bar[-1] > 0
     with pytest.raises(ValueError, match="cosine"):
         make_schedule("quadratic", 10)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_sigmas_are_the_noise_to_signal_ratio(name):
+    from tinydiff_cli.diffusion.schedules import make_betas
+
+    alpha_bar = torch.cumprod(1 - make_betas(name, 1000), 0)  # float64
+    schedule = make_schedule(name, 1000)
+    torch.testing.assert_close(schedule.sigmas.double(), ((1 - alpha_bar) / alpha_bar).sqrt(), rtol=1e-5, atol=0)
+    assert (schedule.sigmas.diff() > 0).all()  # increasing in t: the denoiser's timestep lookup relies on it

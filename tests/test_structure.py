@@ -51,3 +51,24 @@ def test_command_entry_points_take_keywords_only():
                 assert kinds == {inspect.Parameter.KEYWORD_ONLY}, f"{info.name}.{name}"
                 checked += 1
     assert checked >= 8  # train, sample, eval, compare, forward, schedule, denoise, export, app
+
+
+def test_the_math_layer_imports_nothing_above_it():
+    """tinydiff_cli.diffusion is plain tensor math: it may import torch, the standard library and itself, never the
+    IO, training, CLI or model layers."""
+    import ast
+    from pathlib import Path
+
+    import tinydiff_cli.diffusion as math_layer
+
+    allowed_top = {"torch", "math", "inspect", "dataclasses", "typing", "__future__"}
+    for path in Path(math_layer.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: only within the package (one dot)
+                    assert node.level == 1, f"{path.name} imports {'.' * node.level}{node.module or ''}"
+                else:
+                    assert node.module.split(".")[0] in allowed_top, f"{path.name} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] in allowed_top, f"{path.name} imports {alias.name}"

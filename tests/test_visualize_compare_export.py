@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from tinydiff_cli.cli import app
 from tinydiff_cli.export import example_inputs
 from tinydiff_cli.pipeline import Pipeline
-from tinydiff_cli.samplers import spaced_timesteps
 
 runner = CliRunner()
 
@@ -53,7 +52,7 @@ def test_trajectory_ends_on_the_same_image_as_sample(run_dir):
     labels = pipe.labels(7, 3)
     traj = pipe.trajectory(labels, sampler="ddim", steps=4, w=2.0, seed=11)
     assert traj.x.shape == (5, 3, 1, 28, 28) and traj.x0.shape == (4, 3, 1, 28, 28)
-    assert traj.timesteps == spaced_timesteps(50, 4)
+    assert traj.timesteps == pipe.formulation.timesteps(4) == [49, 37, 24, 11]
     assert traj.alpha_bar[0] == pytest.approx(pipe.schedule.alpha_bar[49].item())
     final = pipe.sample(labels, sampler="ddim", steps=4, w=2.0, seed=11)
     torch.testing.assert_close(traj.x[-1], final)
@@ -67,11 +66,12 @@ def test_compare_json_and_grid(run_dir, tmp_path):
                     "--out", tmp_path / "c.png", "--plot", tmp_path / "f.png", "--json", "--device", "cpu")
     report = json.loads(result.stdout[result.stdout.index("{"):])
     names = [row["sampler"] for row in report["samplers"]]
-    assert names == ["DDPM-50", "DDIM-2", "DDIM-5", "DPM++2M-2", "DPM++2M-5"]  # every registered sampler
-    assert [row["network_evaluations"] for row in report["samplers"]] == [100, 4, 10, 4, 10]  # w = 1: two per step
+    assert names == ["DDPM-50", "DDIM-2", "DDIM-5", "DPM++2M-2", "DPM++2M-5", "HEUN-2", "HEUN-5"]  # every sampler
+    # w = 1: two passes per denoiser call; Heun calls it 2N - 1 times
+    assert [row["network_evaluations"] for row in report["samplers"]] == [100, 4, 10, 4, 10, 6, 18]
     assert report["samplers"][0]["speedup_vs_ddpm"] == 1.0
     assert all(row["fid"] >= 0 and 0 <= row["class_accuracy"] <= 1 for row in report["samplers"])
-    assert iio.imread(tmp_path / "c.png").shape[:2] == (420, 510)  # 4 rows x 5 sampler columns
+    assert iio.imread(tmp_path / "c.png").shape[:2] == (420, 690)  # 4 rows x 7 sampler columns
     assert report["plot"] == str(tmp_path / "f.png") and iio.imread(tmp_path / "f.png").shape[:2] == (450, 1100)
 
     table = invoke("compare", "--checkpoint", run_dir, "--samplers", "ddim", "--steps", "3", "--n", "4", "--no-eval",

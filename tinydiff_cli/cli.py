@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def sampler_name(value: str) -> str:
     """A --sampler value, checked against the engine's registry when the flag is used (importing the registry
     imports torch, which `tinydiff --version` and --help should not wait for)."""
-    from .samplers import check_sampler
+    from .diffusion.sampling import check_sampler
 
     try:
         check_sampler(value)
@@ -39,7 +39,7 @@ CheckpointOption = Annotated[Optional[Path], typer.Option(
 DdimOption = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with this many steps: short for --sampler ddim --steps N.")]
 SamplerOption = Annotated[Optional[str], typer.Option(
     "--sampler", parser=sampler_name, metavar="NAME",
-    help="A sampler of the engine's registry, tinydiff_cli.samplers.SAMPLERS (an unknown name lists them). \\[default: dpm++2m with 10 steps; a distilled model's own]")]
+    help="A sampler of the engine's registry, tinydiff_cli.diffusion.sampling.SAMPLERS (an unknown name lists them). \\[default: dpm++2m with 10 steps; a distilled model's own]")]
 StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps. \\[default: 10 without --sampler (a distilled model: its own), all T with it]")]
 EtaOption = Annotated[float, typer.Option("--eta", help="Sampler noise eta in [0, 1], for samplers that take it (DDIM): 0 deterministic, 1 DDPM-like noise.")]
 GuidanceOption = Annotated[Optional[float], typer.Option(

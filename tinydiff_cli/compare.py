@@ -54,9 +54,9 @@ def compare_samplers(plans: list[Plan], labels: torch.Tensor, *, w: float, score
         start = time.perf_counter()
         images = pipe.sample(labels, sampler=sampler, steps=steps, w=w, **sample_kwargs)
         seconds = time.perf_counter() - start
-        grid = pipe.timesteps(sampler, steps)
-        evaluations = pipe.network_evaluations(labels, w, grid)
-        run = SamplerRun(name, sampler, len(grid), evaluations, images, seconds)
+        sigmas = pipe.sigmas(sampler, steps)
+        evaluations = pipe.network_evaluations(labels, w, sampler, sigmas)
+        run = SamplerRun(name, sampler, len(sigmas) - 1, evaluations, images, seconds)
         if scorer is not None:
             run.score = scorer.score(to_uint8(images), labels)
         runs.append(run)

@@ -16,8 +16,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .errors import TinydiffError
-from .parameterization import OBJECTIVES
-from .schedules import SCHEDULES
+from .diffusion.formulations import OBJECTIVES, DiscreteVP
+from .diffusion.schedules import SCHEDULES
 
 
 @dataclass
@@ -43,11 +43,20 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    schedule: Literal[SCHEDULES] = "linear"  # the names of schedules.make_betas
-    timesteps: int = 1000
-    objective: Literal[OBJECTIVES] = "eps"  # the names of parameterization.PARAMETERIZATIONS
-    min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off
+    # the names of formulations.FORMULATIONS: eps, x0, v on the discrete schedule below; edm, flow (continuous)
+    objective: Literal[OBJECTIVES] = "eps"
+    schedule: Literal[SCHEDULES] = "linear"  # the names of schedules.make_betas (eps, x0, v only)
+    timesteps: int = 1000  # T of the discrete schedule (eps, x0, v only)
+    min_snr_gamma: float = 5.0  # 0 turns Min-SNR weighting off (for edm: its own weighting, for flow: plain MSE)
     p_uncond: float = 0.1  # label dropout for classifier-free guidance
+    sigma_data: float = 0.5  # edm: the data's standard deviation in its preconditioning (Karras et al. Table 1)
+    # the training noise-level distribution: edm's ln sigma ~ N(mean, std^2) (None: -1.2, 1.2), flow's logit t
+    # ~ N(mean, std^2) (None: 0, 1)
+    noise_mean: Optional[float] = None
+    noise_std: Optional[float] = None
+
+
+DISCRETE_OBJECTIVES = DiscreteVP.TARGETS  # trained on the discrete schedule; edm and flow are continuous
 
 
 @dataclass
@@ -244,6 +253,8 @@ def validate(cfg: Config, image_size: int | None = None) -> Config:
         (d.timesteps <= 100_000, "diffusion.timesteps must be at most 100000"),
         (d.min_snr_gamma >= 0, "diffusion.min_snr_gamma must be >= 0 (0 turns it off)"),
         (0 <= d.p_uncond < 1, "diffusion.p_uncond must be in [0, 1)"),
+        (d.sigma_data > 0, "diffusion.sigma_data must be positive"),
+        (d.noise_std is None or d.noise_std > 0, "diffusion.noise_std must be positive, or null for the default"),
         (t.batch_size >= 1, "train.batch_size must be at least 1"),
         (0 < t.lr <= 1000, "train.lr must be positive and at most 1000"),
         (t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0"),
@@ -258,7 +269,8 @@ def validate(cfg: Config, image_size: int | None = None) -> Config:
         (t.sample_w >= 0, "train.sample_w, the model's guidance weight, must be >= 0"),
         (t.sample_w_max_sigma is None or t.sample_w_max_sigma > 0,
          "train.sample_w_max_sigma must be positive (guidance at sigma_t up to it), or null for every step"),
-        (1 <= t.sample_steps <= d.timesteps, f"train.sample_steps must be between 1 and diffusion.timesteps ({d.timesteps})"),
+        (1 <= t.sample_steps <= (d.timesteps if d.objective in DISCRETE_OBJECTIVES else 10_000),
+         f"train.sample_steps must be between 1 and diffusion.timesteps ({d.timesteps})"),
         (cfg.data.image_size is None or 8 <= cfg.data.image_size <= 256, "data.image_size must be between 8 and 256"),
         (cfg.data.channels in (None, 1, 3), "data.channels must be 1 (grey) or 3 (RGB)"),
     ]

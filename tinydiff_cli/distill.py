@@ -15,7 +15,7 @@ Choices for a CPU budget, and why:
   teacher's parameterization to v as it moves w into the network.
 - Each stage trains only at the timesteps its student will sample at (stage 1 at the first teacher's grid): nothing
   else is ever asked of it.
-- The grids nest, spaced_timesteps(T, 2N)[2i] == spaced_timesteps(T, N)[i] (both are round(T - i T / N) - 1), so a
+- The grids nest, DiscreteVP.timesteps(2N)[2i] == DiscreteVP.timesteps(N)[i] (both are round(T - i T / N) - 1), so a
   student step from grid point i to i + 1 is exactly two teacher steps.
 - The loss is the MSE of v, i.e. the x_0 error weighted by SNR + 1 (Salimans & Ho sec. 4, "SNR+1" weighting).
 """
@@ -33,17 +33,15 @@ import torch.nn.functional as F
 
 from . import __version__
 from .checkpoint import Checkpoint, DataInfo, DistillInfo, TrainState, load_checkpoint, load_model, save_checkpoint
-from .config import Config, config_from_dict, config_to_dict
+from .config import DISCRETE_OBJECTIVES, Config, config_from_dict, config_to_dict
 from .data import load_dataset_of, to_model_range
 from .ema import EMA
 from .errors import TinydiffError
-from .guidance import Denoiser, guided_denoiser
+from .diffusion.formulations import per_row
+from .diffusion.guidance import Denoiser, guided_denoiser
 from .images import save_grid
 from .models import build_model
-from .parameterization import Parameterization, at_t, q_sample
 from .pipeline import Pipeline, make_generator
-from .samplers import spaced_timesteps
-from .schedules import Schedule
 from .train_log import LossWindow, PrintReporter
 from .training import stop_on_signals
 
@@ -106,46 +104,24 @@ def plan_stages(settings: DistillSettings) -> list[Stage]:
     return stages
 
 
-# ---- the targets, as plain functions over tensors --------------------------------------------------------
-def grid_with_end(T: int, steps: int, device) -> torch.Tensor:
-    """The DDIM grid of `steps` steps followed by -1, which stands for the clean image (alpha = 1, sigma = 0)."""
-    return torch.tensor(spaced_timesteps(T, steps) + [-1], device=device)
+# ---- the targets, as plain functions over tensors, in sigma (x = x_0 + sigma eps) ---------------------------
+def ddim_step(x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (Song et al. 2021, eq. 12 with eta = 0) from sigma to sigma_next, one per row (B,):
+    x_0 plus the direction to x rescaled, x_0 + (sigma_next / sigma) (x - x_0)."""
+    ratio = per_row(sigma_next / sigma, x)
+    return x0 + ratio * (x - x0)
 
 
-def alpha_sigma(schedule: Schedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sqrt(alpha_bar) and sqrt(1 - alpha_bar) at t, shaped for broadcasting; t = -1 is the clean image."""
-    clean = (t < 0).view(-1, 1, 1, 1)
-    safe = t.clamp(min=0)
-    alpha = torch.where(clean, 1.0, at_t(schedule.sqrt_alpha_bar, safe))
-    return alpha, torch.where(clean, 0.0, at_t(schedule.sqrt_one_minus_alpha_bar, safe))
-
-
-def ddim_step(schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0) to t_next, one per row."""
-    alpha, sigma = alpha_sigma(schedule, t_next)
-    return alpha * x0 + sigma * eps
-
-
-def two_step_target(teacher: Denoiser, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor,
-                    t_next: torch.Tensor) -> torch.Tensor:
-    """Salimans & Ho 2022, Algorithm 2: two teacher DDIM steps t -> t_mid -> t_next, then the x_0 for which one
-    DDIM step t -> t_next lands on the same point:
-        x~ = (x_next - (sigma_next / sigma_t) x_t) / (alpha_next - (sigma_next / sigma_t) alpha_t).
-    At t_next = -1 (sigma = 0) that is the teacher's final x_0 itself."""
-    x0, eps = teacher(x_t, t)
-    x_mid = ddim_step(schedule, x0, eps, t_mid)
-    x0, eps = teacher(x_mid, t_mid)
-    x_next = ddim_step(schedule, x0, eps, t_next)
-    alpha, sigma = alpha_sigma(schedule, t)
-    alpha_next, sigma_next = alpha_sigma(schedule, t_next)
-    ratio = sigma_next / sigma
-    return (x_next - ratio * x_t) / (alpha_next - ratio * alpha)
-
-
-def output_target(parameterization: Parameterization, schedule: Schedule, x_t, t, x0: torch.Tensor) -> torch.Tensor:
-    """What a network of `parameterization` must output at (x_t, t) for its x_0 to be `x0` (eps follows from x_t)."""
-    alpha, sigma = alpha_sigma(schedule, t)
-    return parameterization.target(schedule, x0, (x_t - alpha * x0) / sigma, t)
+def two_step_target(teacher: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_mid: torch.Tensor,
+                    sigma_next: torch.Tensor) -> torch.Tensor:
+    """Salimans & Ho 2022, Algorithm 2: two teacher DDIM steps sigma -> sigma_mid -> sigma_next, then the x_0 for
+    which one DDIM step sigma -> sigma_next lands on the same point: with r = sigma_next / sigma,
+        x~ = (x_next - r x) / (1 - r)
+    (their eq. for x~ divided through by alpha_next). At sigma_next = 0 that is the teacher's final x_0 itself."""
+    x_mid = ddim_step(teacher(x, sigma), x, sigma, sigma_mid)
+    x_next = ddim_step(teacher(x_mid, sigma_mid), x_mid, sigma_mid, sigma_next)
+    ratio = per_row(sigma_next / sigma, x)
+    return (x_next - ratio * x) / (1 - ratio)
 
 
 def student_from_teacher(teacher: torch.nn.Module, teacher_config: Config, data: DataInfo) -> tuple[torch.nn.Module, Config]:
@@ -179,6 +155,10 @@ class Distiller:
         self.settings, self.out_dir, self.device = settings.validate(), Path(out_dir), torch.device(device)
         self.reporter = reporter or PrintReporter()
         self.teacher_checkpoint = teacher
+        if teacher.config.diffusion.objective not in DISCRETE_OBJECTIVES:
+            raise TinydiffError(f"tinydiff distill takes a teacher trained on a discrete schedule (objective eps, x0 or "
+                                f"v); this one is '{teacher.config.diffusion.objective}', whose distillation is not "
+                                f"built yet")
         if settings.teacher_steps > teacher.config.diffusion.timesteps:
             raise TinydiffError(f"--teacher-steps {settings.teacher_steps} exceeds the model's T = "
                                 f"{teacher.config.diffusion.timesteps}")
@@ -208,10 +188,10 @@ class Distiller:
         self.ema = EMA(self.student, self.settings.ema_decay, warmup=10)
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.settings.lr, weight_decay=0.0)
         self.pipeline = Pipeline.from_model(self.ema.ema_model, self.config, self.data)  # the student, for samples
-        stage = self.stages[self.stage_index]
-        self.grid = grid_with_end(self.teacher.T, stage.steps, self.device)
+        stage, form = self.stages[self.stage_index], self.teacher.formulation
+        self.grid = form.sigmas(stage.steps).to(self.device)  # ending at 0: the clean image
         if stage.kind == "halve":  # the teacher's grid, twice as fine (the guidance stage has no teacher steps)
-            self.teacher_grid = grid_with_end(self.teacher.T, 2 * stage.steps, self.device)
+            self.teacher_grid = form.sigmas(2 * stage.steps).to(self.device)
 
     @property
     def state(self) -> TrainState:
@@ -245,23 +225,25 @@ class Distiller:
         drop = torch.rand(n, device=self.device, generator=g) < s.p_uncond
         labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
         i = torch.randint(0, self.stage.steps, (n,), device=self.device, generator=g)
-        t = self.grid[i]
-        x_t = q_sample(self.teacher.schedule, x0, t, torch.randn(x0.shape, device=self.device, generator=g))
+        sigma = self.grid[i]
+        x = x0 + per_row(sigma, x0) * torch.randn(x0.shape, device=self.device, generator=g)
         w = s.w_min + (s.w_max - s.w_min) * torch.rand(n, device=self.device, generator=g)
-        return x_t, t, i, labels, w
+        return x, sigma, i, labels, w
 
-    def loss(self, x_t, t, i, labels, w) -> torch.Tensor:
-        """MSE between the student's v and the v of the stage's target x_0."""
-        schedule = self.teacher.schedule
+    def loss(self, x, sigma, i, labels, w) -> torch.Tensor:
+        """MSE between the student's output (v) and the output whose x_0 is the stage's target x_0."""
+        student = self.pipeline.formulation
         with torch.no_grad():
-            teacher = guided_denoiser(self.teacher.model, schedule, self.teacher.parameterization, labels,
+            teacher = guided_denoiser(self.teacher.model, self.teacher.formulation, labels,
                                       null_class=self.data.num_classes, w=w, max_sigma=self.teacher.max_sigma)
             if self.stage.kind == "guidance":
-                x0_target = teacher(x_t, t)[0]
+                x0_target = teacher(x, sigma)
             else:
-                x0_target = two_step_target(teacher, schedule, x_t, t, self.teacher_grid[2 * i + 1], self.grid[i + 1])
-            target = output_target(self.pipeline.parameterization, schedule, x_t, t, x0_target)
-        return F.mse_loss(self.student(x_t, t, labels, w), target)
+                x0_target = two_step_target(teacher, x, sigma, self.teacher_grid[2 * i + 1], self.grid[i + 1])
+            s = per_row(sigma, x)
+            target = student.output_for(x, s, x0_target)
+        output = self.student(student.c_in(s) * x, student.c_noise(sigma), labels, w)
+        return F.mse_loss(output, target)
 
     def lr_at(self, stage_elapsed_s: float) -> float:
         """Warm-up over 20 iterations, then cosine decay to 0 over the stage (by iterations or by its time share,

@@ -1,7 +1,8 @@
 """Shipping a trained denoiser: EMA weights as safetensors (config in the metadata), ONNX, or torch.export.
 
-Every exported denoiser has the same interface: (x_t float (B, C, H, W), t int64 (B,), labels int64 (B,))
--> the model's prediction (eps, x0 or v, as the config's diffusion.objective says), shaped like x_t. A distilled
+Every exported denoiser has the same interface: (x_t float (B, C, H, W), t (B,), labels int64 (B,)) -> the network's
+output, shaped like x_t, which the config's diffusion.objective turns into x_0 (formulations.py). t is the int64
+timestep for eps, x0 and v; for edm and flow it is the float time input c_noise(sigma), and x_t is c_in(sigma) x. A distilled
 student (`tinydiff distill`) takes a fourth input, w float (B,), the guidance weight. Each function
 takes the Pipeline whose EMA model it ships.
 """
@@ -32,7 +33,10 @@ def example_inputs(pipe: Pipeline, batch: int = 2, seed: int = 0) -> tuple[torch
     """Random inputs (see input_names) on the pipeline's device for its image shape, T and classes (the null class
     included) and, for a distilled student, w in its range."""
     g = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(batch, *pipe.image_shape, generator=g), torch.randint(0, pipe.T, (batch,), generator=g),
+    form = pipe.formulation
+    t = (torch.randint(0, pipe.T, (batch,), generator=g) if form.discrete
+         else form.c_noise(form.sigma_max ** torch.rand(batch, generator=g)))  # sigma in [1, sigma_max]
+    inputs = [torch.randn(batch, *pipe.image_shape, generator=g), t,
               torch.randint(0, pipe.num_classes + 1, (batch,), generator=g)]
     if pipe.takes_w:
         low, high = (pipe.distilled.w_min, pipe.distilled.w_max) if pipe.distilled else (0.0, 2.0)

@@ -3,7 +3,7 @@
 
     pipe = Pipeline.from_checkpoint("runs/unet-small")
     images = pipe.sample(pipe.labels("all", 10), sampler="ddim", steps=10, w=1.0)   # float (10, 1, 28, 28) in [-1, 1]
-    images = pipe.sample(pipe.labels("all", 10))   # the defaults: samplers.DEFAULT_SAMPLER (or a distilled student's
+    images = pipe.sample(pipe.labels("all", 10))   # the defaults: sampling.DEFAULT_SAMPLER (or a distilled student's
                                                    # own sampler and steps) at the model's own w (pipe.default_w)
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ from torch import nn
 
 from .checkpoint import Checkpoint, DataInfo, DistillInfo, load_checkpoint, load_model
 from .config import Config
-from .guidance import Denoiser, guided_denoiser, noise_level, passes_per_step
-from .parameterization import Parameterization, get_parameterization
-from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, check_sampler, sampler_label, sampler_options, sampler_timesteps
-from .schedules import Schedule, make_schedule
+from .diffusion.formulations import Formulation, make_formulation
+from .diffusion.guidance import Denoiser, guided_denoiser, passes_per_step
+from .diffusion.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, check_sampler, evaluation_sigmas, sampler_label,
+                                 sampler_options, sampling_sigmas)
+from .diffusion.schedules import Schedule
 
 
 def default_batch_size(device) -> int:
@@ -48,8 +49,8 @@ def labels_for(choice: str | int | None, n: int, num_classes: int = 10) -> torch
 def resolve_sampling(distilled: DistillInfo | None, sampler: str | None, steps: int | None, w: float,
                      eta: float | None = None, T: int | None = None) -> tuple[str, int | None]:
     """(sampler, steps) to use when asked for `sampler` and `steps`, None meaning "the default": a distilled
-    student's own, else samplers.DEFAULT_SAMPLER with DEFAULT_STEPS (at most T). A sampler named without steps takes
-    all T. A distilled student refuses other samplers and step counts, eta != 0 and a w outside its range
+    student's own, else sampling.DEFAULT_SAMPLER with DEFAULT_STEPS (at most T, for a discrete schedule). A sampler
+    named without steps takes all T (sampling.sampling_sigmas; T None: a continuous formulation). A distilled student refuses other samplers and step counts, eta != 0 and a w outside its range
     (TinydiffError)."""
     if distilled is not None:
         chosen = (sampler or distilled.sampler, steps or distilled.steps)
@@ -74,26 +75,50 @@ def default_max_sigma(config: Config) -> float:
     return math.inf if max_sigma is None else max_sigma
 
 
+def formulation_of(config: Config) -> Formulation:
+    """The formulation a config's diffusion section names (formulations.FORMULATIONS)."""
+    d = config.diffusion
+    return make_formulation(d.objective, schedule=d.schedule, timesteps=d.timesteps, sigma_data=d.sigma_data,
+                            noise_mean=d.noise_mean, noise_std=d.noise_std)
+
+
 @dataclass
 class Trajectory:
-    """The reverse process, step by step: x[0] is the initial noise, x[i + 1] and x0[i] come from step i."""
+    """The reverse process, step by step: x[0] is the initial noise, x[i + 1] and x0[i] come from step i. The frames
+    x are shown as a variance-preserving model sees them, x / sqrt(1 + sigma^2), whatever the formulation."""
 
-    timesteps: list[int]
+    sigmas: list[float]  # each step's noise level
+    timesteps: list[int] | None  # each step's t, for a discrete schedule
     x: torch.Tensor  # (steps + 1, N, C, H, W), CPU
     x0: torch.Tensor  # (steps, N, C, H, W), CPU
-    alpha_bar: list[float]  # at each step's t
-    log_snr: list[float]
     seconds: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas)
+
+    @property
+    def alpha_bar(self) -> list[float]:
+        """The signal share 1 / (1 + sigma^2) at each step (alpha_bar_t for a discrete schedule)."""
+        return [1 / (1 + s * s) for s in self.sigmas]
+
+    @property
+    def log_snr(self) -> list[float]:
+        return [-2 * math.log(s) for s in self.sigmas]
+
+    def step_label(self, i: int) -> str:
+        """'t=999' for a discrete schedule, else 'sigma=80'."""
+        return f"t={self.timesteps[i]}" if self.timesteps is not None else f"sigma={self.sigmas[i]:.3g}"
 
 
 @dataclass
 class Pipeline:
-    """A denoising network with everything needed to sample from it: its schedule, its parameterization (what it
-    predicts), the class names (label len(class_names) is the null class) and the image shape."""
+    """A denoising network with everything needed to sample from it: its formulation (the noise schedule, what it
+    predicts and how that becomes x_0), the class names (label len(class_names) is the null class) and the image
+    shape."""
 
     model: nn.Module
-    schedule: Schedule
-    parameterization: Parameterization
+    formulation: Formulation
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width)
     checkpoint: Checkpoint | None = None  # where it was loaded from, if it was
@@ -104,9 +129,7 @@ class Pipeline:
     def from_model(cls, model: nn.Module, config: Config, data: DataInfo, checkpoint: Checkpoint | None = None) -> "Pipeline":
         """A pipeline around a model in memory (training previews use the EMA copy this way)."""
         device = next(model.parameters()).device
-        d = config.diffusion
-        return cls(model, make_schedule(d.schedule, d.timesteps).to(device), get_parameterization(d.objective),
-                   data.class_names, (data.channels, data.image_size, data.image_size), checkpoint, config)
+        return cls(model, formulation_of(config).to(device), data.class_names, (data.channels, data.image_size, data.image_size), checkpoint, config)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Checkpoint, *, device="cpu", weights: str = "ema") -> "Pipeline":
@@ -134,8 +157,16 @@ class Pipeline:
         return self.num_classes
 
     @property
-    def T(self) -> int:
-        return self.schedule.T
+    def T(self) -> int | None:
+        """The number of timesteps of a discrete schedule; None for a continuous formulation (EDM, flow)."""
+        return self.formulation.T if self.formulation.discrete else None
+
+    @property
+    def schedule(self) -> Schedule:
+        """A discrete formulation's schedule (alpha_bar and the rest)."""
+        if not self.formulation.discrete:
+            raise AttributeError(f"a '{self.formulation.name}' model has no discrete schedule")
+        return self.formulation.schedule
 
     @property
     def distilled(self) -> DistillInfo | None:
@@ -171,18 +202,25 @@ class Pipeline:
         return resolve_sampling(self.distilled, sampler, steps, self.default_w if w is None else w, eta, self.T)
 
     def to(self, device) -> "Pipeline":
-        """Move the model and the schedule together."""
-        self.model, self.schedule = self.model.to(device), self.schedule.to(device)
+        """Move the model and the formulation's tables together."""
+        self.model, self.formulation = self.model.to(device), self.formulation.to(device)
         return self
 
     def labels(self, choice: str | int | None, n: int) -> torch.Tensor:
         """See `labels_for`: "all", a class index, or None/"none" for unconditional."""
         return labels_for(choice, n, self.num_classes)
 
-    def timesteps(self, sampler: str | None = None, steps: int | None = None) -> list[int]:
-        """The grid `sampler` walks for this model's T (see `sampling` and samplers.sampler_timesteps)."""
+    def sigmas(self, sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
+        """The descending sigma grid `sampler` walks for this model, ending at 0 (see `sampling` and
+        sampling.sampling_sigmas)."""
         sampler, steps = self.sampling(sampler, steps, self._any_w())
-        return sampler_timesteps(sampler, self.T, steps)
+        return sampling_sigmas(self.formulation, sampler, steps)
+
+    def timesteps(self, sigmas: torch.Tensor) -> list[int] | None:
+        """The t of each step of a grid, for a discrete schedule; None otherwise."""
+        if not self.formulation.discrete:
+            return None
+        return [round(t) for t in self.formulation.timestep(sigmas[:-1]).tolist()]
 
     def _any_w(self) -> float:
         return self.distilled.w_min if self.distilled is not None else 0.0  # for questions that do not involve w
@@ -191,28 +229,33 @@ class Pipeline:
         """'DDIM-10' or 'DDPM-1000' for this model's T; with eta, 'DDIM-10 (eta=0)' for samplers that take it;
         'distilled DDIM-2' for a distilled student."""
         sampler, steps = self.sampling(sampler, steps, self._any_w())
-        label = ("distilled " if self.distilled else "") + sampler_label(sampler, self.timesteps(sampler, steps))
+        label = ("distilled " if self.distilled else "") + sampler_label(sampler, self.sigmas(sampler, steps))
         return f"{label} (eta={eta:g})" if sampler_options(sampler, eta=eta) else label
 
     # ---- drawing ------------------------------------------------------------------------------------------
     def denoiser(self, labels: torch.Tensor, w: float | None = None, max_sigma: float | None = None) -> Denoiser:
-        """(x_t, t) -> (x_0, eps) for `labels`, with classifier-free guidance of weight w at the steps whose noise level
-        sigma_t is at most max_sigma (None: `default_w`, `max_sigma`)."""
-        return guided_denoiser(self.model, self.schedule, self.parameterization, labels.to(self.device),
-                               null_class=self.null_class, w=self.default_w if w is None else w,
+        """D(x; sigma) -> x_0 for `labels`, with classifier-free guidance of weight w at the noise levels sigma up to
+        max_sigma (None: `default_w`, `max_sigma`)."""
+        return guided_denoiser(self.model, self.formulation, labels.to(self.device), null_class=self.null_class,
+                               w=self.default_w if w is None else w,
                                max_sigma=self.max_sigma if max_sigma is None else max_sigma)
 
-    def network_evaluations(self, labels: torch.Tensor, w: float, timesteps: list[int]) -> int:
-        """Network evaluations per image over `timesteps`: 2 per step under classifier-free guidance, 1 at the steps
-        outside the guidance interval, `max_sigma` (see guidance.passes_per_step and weight_in_interval)."""
+    def network_evaluations(self, labels: torch.Tensor, w: float, sampler: str, sigmas: torch.Tensor) -> int:
+        """Network evaluations per image when `sampler` walks `sigmas`: 2 per denoiser call under classifier-free
+        guidance, 1 at the noise levels above the guidance interval, `max_sigma` (see guidance.passes_per_step and
+        weight_in_interval)."""
+        calls = evaluation_sigmas(sampler, sigmas)
         passes, max_sigma = passes_per_step(self.model, labels, null_class=self.null_class, w=w), self.max_sigma
         if passes == 1 or max_sigma == math.inf or self.takes_w:
-            return passes * len(timesteps)
-        guided = noise_level(self.schedule, torch.tensor(timesteps, device=self.schedule.log_snr.device)) <= max_sigma
-        return len(timesteps) + int(guided.sum())
+            return passes * len(calls)
+        return len(calls) + int((calls <= max_sigma).sum())
 
-    def _run(self, labels, x, *, sampler, timesteps, eta, w, generator, callback):
-        return check_sampler(sampler)(self.denoiser(labels, w), x, self.schedule, timesteps, generator=generator,
+    def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Noise at the grid's first sigma, of the formulation's prior_std (N(0, I) as a VP model sees it)."""
+        return torch.randn((n, *self.image_shape), device=self.device, generator=generator) * self.formulation.prior_std()
+
+    def _run(self, labels, x, *, sampler, sigmas, eta, w, generator, callback):
+        return check_sampler(sampler)(self.denoiser(labels, w), x, sigmas, generator=generator,
                                       callback=callback, **sampler_options(sampler, eta=eta))
 
     @torch.no_grad()
@@ -228,14 +271,14 @@ class Pipeline:
         from the same noise, whatever the batch size. `callback` gets each step's dict (see samplers).
         """
         sampler, steps = self.sampling(sampler, steps, w, eta)
-        timesteps = self.timesteps(sampler, steps)
+        sigmas = self.sigmas(sampler, steps)
         batch_size = batch_size or default_batch_size(self.device)
         generator = make_generator(seed, self.device)
-        noise = torch.randn((labels.shape[0], *self.image_shape), device=self.device, generator=generator)
+        noise = self.initial_noise(labels.shape[0], generator)
         out = []
         for start in range(0, labels.shape[0], batch_size):
             stop = start + batch_size
-            out.append(self._run(labels[start:stop], noise[start:stop], sampler=sampler, timesteps=timesteps, eta=eta,
+            out.append(self._run(labels[start:stop], noise[start:stop], sampler=sampler, sigmas=sigmas, eta=eta,
                                  w=w, generator=generator, callback=callback).cpu())
         return torch.cat(out)
 
@@ -244,18 +287,18 @@ class Pipeline:
                    eta: float | None = None, w: float | None = None, seed: int = 0) -> Trajectory:
         """Sample one batch and keep every step; its last frame equals `sample` with the same arguments."""
         sampler, steps = self.sampling(sampler, steps, w, eta)
-        timesteps = self.timesteps(sampler, steps)
+        sigmas = self.sigmas(sampler, steps)
         generator = make_generator(seed, self.device)
-        x = torch.randn((labels.shape[0], *self.image_shape), device=self.device, generator=generator)
-        frames, predictions = [x.cpu()], []
+        x = self.initial_noise(labels.shape[0], generator)
+        vp_view = lambda x, sigma: (x * (1 + sigma**2) ** -0.5).cpu()  # noqa: E731
+        frames, predictions = [vp_view(x, float(sigmas[0]))], []
 
         def record(info):
-            frames.append(info["x"].cpu())
+            frames.append(vp_view(info["x"], float(sigmas[info["i"] + 1])))
             predictions.append(info["x0"].cpu())
 
         start = time.perf_counter()
-        self._run(labels, x, sampler=sampler, timesteps=timesteps, eta=eta, w=w, generator=generator, callback=record)
+        self._run(labels, x, sampler=sampler, sigmas=sigmas, eta=eta, w=w, generator=generator, callback=record)
         seconds = time.perf_counter() - start
-        ts = torch.tensor(timesteps)
-        return Trajectory(timesteps, torch.stack(frames), torch.stack(predictions),
-                          self.schedule.alpha_bar.cpu()[ts].tolist(), self.schedule.log_snr.cpu()[ts].tolist(), seconds)
+        return Trajectory(sigmas[:-1].tolist(), self.timesteps(sigmas), torch.stack(frames), torch.stack(predictions),
+                          seconds)

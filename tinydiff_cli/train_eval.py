@@ -9,13 +9,13 @@ import torch
 from .config import Config
 from .data import Split, to_model_range, to_uint8
 from .images import save_grid
-from .losses import diffusion_loss
+from .diffusion.loss import diffusion_loss
 from .pipeline import Pipeline, make_generator
 
 
 @torch.no_grad()
 def eval_loss(pipe: Pipeline, split: Split, *, n: int, min_snr_gamma: float, chunk: int = 500) -> float | None:
-    """Mean loss of the pipeline's model on the first n images of `split`, with fixed t and noise so that
+    """Mean loss of the pipeline's model on the first n images of `split`, with fixed noise levels and noise so that
     epochs are comparable; None when n is 0."""
     n = min(n, len(split))
     if n == 0:
@@ -25,8 +25,7 @@ def eval_loss(pipe: Pipeline, split: Split, *, n: int, min_snr_gamma: float, chu
     for start in range(0, n, chunk):
         x0 = to_model_range(split.images[start:min(start + chunk, n)])
         labels = split.labels[start:min(start + chunk, n)]
-        loss = diffusion_loss(pipe.model, pipe.schedule, pipe.parameterization, x0, labels,
-                              min_snr_gamma=min_snr_gamma, generator=g)
+        loss = diffusion_loss(pipe.model, pipe.formulation, x0, labels, min_snr_gamma=min_snr_gamma, generator=g)
         total += loss.item() * x0.shape[0]
     return total / n
 

@@ -30,7 +30,7 @@ from .data import load_dataset, to_model_range
 from .ema import EMA
 from .errors import TinydiffError
 from .images import save_loss_plot
-from .losses import diffusion_loss, draw_noise
+from .diffusion.loss import diffusion_loss, draw_noise
 from .models import build_model, check_model_size
 from .pipeline import Pipeline, make_generator
 from .precision import grad_scaler, prepare, resolve_precision
@@ -103,7 +103,7 @@ class Trainer:
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.ema_pipeline = Pipeline.from_model(self.ema.ema_model, cfg, self.data)  # previews and evals
-        self.schedule, self.parameterization = self.ema_pipeline.schedule, self.ema_pipeline.parameterization
+        self.formulation = self.ema_pipeline.formulation
         self.generator = make_generator(cfg.train.seed, self.device)  # timesteps, noise, label dropout
         self.state = TrainState(self.model, self.ema.ema_model, self.optimizer, self.generator)
         self.step, self.elapsed_before = 0, 0.0
@@ -189,9 +189,9 @@ class Trainer:
         bs, rows, g = self.cfg.train.batch_size, self.dist.rows(self.cfg.train.batch_size), self.generator
         drop = (torch.rand(bs, device=self.device, generator=g) < self.cfg.diffusion.p_uncond)[rows]
         labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)  # label dropout: null class
-        t, eps = draw_noise(self.schedule, (bs, *x0.shape[1:]), self.device, g)
-        loss = diffusion_loss(self.net, self.schedule, self.parameterization, x0, labels,
-                              min_snr_gamma=self.cfg.diffusion.min_snr_gamma, noise=(t[rows], eps[rows]))
+        level, eps = draw_noise(self.formulation, (bs, *x0.shape[1:]), self.device, g)
+        loss = diffusion_loss(self.net, self.formulation, x0, labels, min_snr_gamma=self.cfg.diffusion.min_snr_gamma,
+                              noise=(level[rows], eps[rows]))
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:  # fp16: scale the loss so that small gradients do not underflow
             self.scaler.scale(loss).backward()

@@ -9,9 +9,9 @@ import torch
 
 from .figures import image_table, schedule_chart, trajectory_strip
 from .images import save_gif, trajectory_frames
-from .parameterization import q_sample
+from .diffusion.formulations import q_sample
 from .pipeline import Trajectory
-from .schedules import SCHEDULES, Schedule, make_schedule
+from .diffusion.schedules import SCHEDULES, Schedule, make_schedule
 
 FORWARD_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
 
@@ -52,10 +52,10 @@ def write_denoise_outputs(traj: Trajectory, gif_path: str | Path, strip_path: st
                           strip_frames: int = 10, gif_frames: int = 60, scale: int = 4) -> tuple[Path, Path, int]:
     """A GIF of x_t beside predicted x_0 over the steps and a PNG strip of `strip_frames` of them, each ending
     on the final sample. Returns the paths and the number of animation frames (before the held last frame)."""
-    steps = len(traj.timesteps)
+    steps = traj.steps
     chosen = pick_frames(steps, strip_frames)
     x, x0 = frames_with_result(traj, chosen)
-    trajectory_strip(x, x0, [f"t={traj.timesteps[i]}" for i in chosen] + ["result"], strip_path, title)
+    trajectory_strip(x, x0, [traj.step_label(i) for i in chosen] + ["result"], strip_path, title)
     x, x0 = frames_with_result(traj, pick_frames(steps, gif_frames))
     save_gif(trajectory_frames(x, x0, scale), gif_path)
     return Path(gif_path), Path(strip_path), x.shape[0]

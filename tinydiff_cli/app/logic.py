@@ -16,7 +16,7 @@ from ..data import to_uint8
 from ..errors import TinydiffError
 from ..images import encode_gif, trajectory_frames, upscale
 from ..pipeline import Pipeline, Trajectory
-from ..samplers import FULL_GRID_ONLY, check_sampler, sampler_options
+from ..diffusion.sampling import FULL_GRID_ONLY, check_sampler, sampler_options
 from ..visualize import frames_with_result, pick_frames
 
 model_forward_calls = 0  # counts denoiser forwards in this process; the tests check that scrubbing adds none
@@ -109,12 +109,12 @@ def as_pixels(images: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def render(traj: Trajectory, scale: int = 8) -> Frames:
-    steps = len(traj.timesteps)
+    steps = traj.steps
     x, x0 = frames_with_result(traj, list(range(steps)))
     x, x0 = x[:, 0], x0[:, 0]  # the viewer shows one sample
     as_uint8 = lambda images: as_pixels(images, scale)  # noqa: E731
-    captions = [f"step {i + 1}/{steps}: t = {t}, ᾱ_t = {ab:.4f}, log-SNR = {snr:+.2f}"
-                for i, (t, ab, snr) in enumerate(zip(traj.timesteps, traj.alpha_bar, traj.log_snr))]
+    captions = [f"step {i + 1}/{steps}: {traj.step_label(i).replace('=', ' = ')}, ᾱ = {ab:.4f}, log-SNR = {snr:+.2f}"
+                for i, (ab, snr) in enumerate(zip(traj.alpha_bar, traj.log_snr))]
     captions.append(f"result after {steps} steps: the sample x_0")
     shown = pick_frames(steps + 1, 12)
     strip = torch.cat([torch.cat([as_uint8(x[shown]), as_uint8(x0[shown])], dim=1)[i] for i in range(len(shown))], dim=1)

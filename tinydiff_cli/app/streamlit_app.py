@@ -11,7 +11,7 @@ from tinydiff_cli.app import logic
 from tinydiff_cli.cli import GUIDANCE_HELP
 from tinydiff_cli.errors import TinydiffError
 from tinydiff_cli.pipeline import Pipeline
-from tinydiff_cli.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from tinydiff_cli.diffusion.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
 RUNS = Path(os.environ.get("TINYDIFF_APP_RUNS", "runs"))
 
@@ -74,7 +74,7 @@ def generate(pipe: Pipeline, entry: logic.ModelEntry, settings: dict) -> None:
     st.session_state.result = {"trajectory": traj, "frames": logic.render(traj), "settings": settings,
                                "model": entry.label, "seconds": traj.seconds, "sampler": pipe.describe_sampler(settings["sampler"], settings["steps"], settings["eta"])}
     st.session_state.generations = st.session_state.get("generations", 0) + 1
-    st.session_state.frame = len(traj.timesteps)  # start the slider on the result
+    st.session_state.frame = traj.steps  # start the slider on the result
 
 
 def viewer(result: dict) -> None:

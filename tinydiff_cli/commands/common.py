@@ -9,13 +9,14 @@ from pathlib import Path
 from ..checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint
 from ..device import pick_device
 from ..errors import TinydiffError
-from ..pipeline import Pipeline, default_guidance, default_max_sigma, resolve_sampling
-from ..samplers import sampler_timesteps
+from ..diffusion.sampling import sampling_sigmas
+from ..pipeline import Pipeline, default_guidance, default_max_sigma, formulation_of, resolve_sampling
 
 
 # More images than any measurement here needs (FID is quoted at 5,000-50,000); a larger --n is a typo, and would
 # hold gigabytes of images in memory before the first is written.
 MAX_IMAGES = 200_000
+MAX_STEPS = 10_000  # sampling steps of a continuous formulation (edm, flow), which has no T to bound them
 
 
 def check_at_most_max_images(n: int, flag: str = "--n") -> None:
@@ -64,13 +65,15 @@ class SamplingOptions:
     def resolve(self, ckpt: Checkpoint) -> "SamplingOptions":
         """These options with the checkpoint's defaults filled in, each checked against the registry, the model's T
         and what a distilled model was distilled for, before anything is loaded."""
-        T = ckpt.config.diffusion.timesteps
+        formulation = formulation_of(ckpt.config)
+        T = formulation.T if formulation.discrete else None
         w = default_guidance(ckpt.config, ckpt.distilled) if self.w is None else self.w
-        if self.steps is not None and not 1 <= self.steps <= T:
-            raise TinydiffError(f"{self.steps_flag} must be between 1 and the model's T={T}, got {self.steps}")
+        if self.steps is not None and not 1 <= self.steps <= (T or MAX_STEPS):
+            limit = f"the model's T={T}" if T else f"{MAX_STEPS:,}"
+            raise TinydiffError(f"{self.steps_flag} must be between 1 and {limit}, got {self.steps}")
         sampler, steps = resolve_sampling(ckpt.distilled, self.sampler, self.steps, w, self.eta, T)
         try:
-            sampler_timesteps(sampler, T, steps)  # an unknown name, or steps the sampler cannot take
+            sampling_sigmas(formulation, sampler, steps)  # an unknown name, or steps the sampler cannot take
         except ValueError as e:
             raise TinydiffError(str(e)) from None
         if not 0 <= self.eta <= 1:

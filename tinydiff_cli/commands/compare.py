@@ -16,9 +16,13 @@ from ..device import describe
 from ..errors import TinydiffError
 from ..evaluation import Scorer
 from ..figures import frontier_chart, image_table
-from ..samplers import FULL_GRID_ONLY, SAMPLERS
+from ..config import DISCRETE_OBJECTIVES
+from ..diffusion.sampling import FULL_GRID_ONLY, SAMPLERS
 from ..ui import console, err_console, where
 from .common import SamplingOptions, check_at_most_max_images, check_output, load_pipeline, open_checkpoint, parse_digit, source_of
+
+
+MAX_STEPS = 1000  # for a continuous formulation (edm, flow), which has no T
 
 
 def parse_steps(text: str, T: int) -> list[int]:
@@ -27,7 +31,7 @@ def parse_steps(text: str, T: int) -> list[int]:
     except ValueError:
         raise TinydiffError(f"--steps must be comma-separated integers like 10,50,100, got '{text}'") from None
     if not steps or any(not 1 <= s <= T for s in steps):
-        raise TinydiffError(f"--steps must lie in 1..{T} (the model's T), got '{text}'")
+        raise TinydiffError(f"--steps must lie in 1..{T} (the model's T, or {MAX_STEPS} for a continuous one), got '{text}'")
     return steps
 
 
@@ -49,7 +53,8 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     """DDPM over all T steps, then each of `samplers` at each step count, then each distilled student."""
     log = err_console if as_json else console
     ckpt = open_checkpoint(checkpoint)
-    cfg, T = ckpt.config, ckpt.config.diffusion.timesteps
+    cfg, discrete = ckpt.config, ckpt.config.diffusion.objective in DISCRETE_OBJECTIVES
+    T = cfg.diffusion.timesteps if discrete else MAX_STEPS
     names, counts = parse_samplers(samplers), parse_steps(steps, T)
     w_given = options.w is not None
     options = options.resolve(ckpt)  # eta, w and the batch size, checked (w filled in) before anything is loaded
@@ -73,7 +78,8 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     choice = parse_digit(digit, ckpt.data.class_names)
     check_output(out, plot)
     pipe = load_pipeline(ckpt, device, w_max_sigma=options.w_max_sigma)
-    plans = ([Plan(pipe, "ddpm")] + [Plan(pipe, name, count) for name in names for count in counts]
+    # the baseline: DDPM over all T for a discrete schedule; else the first sampler at the first step count
+    plans = (([Plan(pipe, "ddpm")] if discrete else []) + [Plan(pipe, name, count) for name in names for count in counts]
              + [Plan(load_pipeline(student, device)) for student in students])
     labels = pipe.labels(choice, n)
     scorer = None

@@ -23,7 +23,7 @@ def run_export(*, checkpoint: Path | None, fmt: str, out: Path | None) -> Path:
         export_safetensors(pipe, out)
         console.print(f"EMA weights and config (step {ckpt.step}) -> {where(out)}; sample with: tinydiff sample --checkpoint {out}")
         return out
-    objective = pipe.parameterization.name
+    objective = pipe.formulation.name
     if fmt == "onnx":
         export_onnx(pipe, out)
         error = check_onnx(pipe, out)

@@ -38,7 +38,7 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
 
     batches = math.ceil(n / (options.batch_size or default_batch_size(pipe.device)))
     with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("sample", total=batches * len(pipe.timesteps(options.sampler, options.steps)))
+        task = bar.add_task("sample", total=batches * (len(pipe.sigmas(options.sampler, options.steps)) - 1))
         start = time.perf_counter()
         images = pipe.sample(labels, **options.sample_kwargs(), callback=lambda info: bar.advance(task))
         seconds = time.perf_counter() - start

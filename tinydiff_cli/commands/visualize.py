@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..data import load_dataset, to_model_range
 from ..errors import TinydiffError
-from ..schedules import SCHEDULES
+from ..diffusion.schedules import SCHEDULES
 from ..ui import console, where
 from ..visualize import write_denoise_outputs, write_forward_figure, write_schedule_figure
 from .common import SamplingOptions, load_pipeline, open_checkpoint, parse_digit

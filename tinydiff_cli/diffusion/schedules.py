@@ -5,6 +5,8 @@ precision in float32) and stored as float32, because MPS has no float64. A named
 changed once released: checkpoints record the name and rebuild it.
 
 Index convention: t runs over 0..T-1 and alpha_bar[t] = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, eq. 4).
+A discrete schedule is one kind of noise schedule for the engine, which works in the noise level
+sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (formulations.DiscreteVP calls the network at its own t).
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class Schedule:
     posterior_mean_coef_x0: torch.Tensor
     posterior_mean_coef_xt: torch.Tensor
     log_snr: torch.Tensor  # log(alpha_bar / (1 - alpha_bar))
+    sigmas: torch.Tensor  # the noise level sqrt((1 - alpha_bar) / alpha_bar) = exp(-log-SNR / 2) (Karras et al. 2022)
 
     @property
     def T(self) -> int:
@@ -98,6 +101,7 @@ def schedule_from_betas(betas: torch.Tensor) -> Schedule:
         posterior_mean_coef_x0=betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
         posterior_mean_coef_xt=(1 - alpha_bar_prev) * (1 - betas).sqrt() / (1 - alpha_bar),
         log_snr=alpha_bar.log() - (1 - alpha_bar).log(),
+        sigmas=((1 - alpha_bar) / alpha_bar).sqrt(),
     )
     return Schedule(**{k: v.to(torch.float32) for k, v in values.items()})
 
