@@ -1,11 +1,15 @@
 """visualize, compare and export end to end on a tiny trained model."""
 import json
+import math
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+
+from conftest import synthetic_digits
+from pixels import axes_frames, curve_height, grid_images
 
 from tinydiff_cli.cli import app
 from tinydiff_cli.export import example_inputs
@@ -26,26 +30,78 @@ def run_dir(tiny_run):
     return tiny_run[0]
 
 
-def test_visualize_forward_png(data_dir, tmp_path):
+def cosine_alpha_bar(t: int, T: int = 1000, s: float = 0.008) -> float:
+    """Nichol & Dhariwal 2021, eq. 17."""
+    f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return f(t / T) / f(0)
+
+
+def mean_of_clipped_normal(m: float, sd: float) -> float:
+    """E[clip(Y, -1, 1)] for Y ~ N(m, sd^2): what a figure that clamps x_t to [-1, 1] shows on average."""
+    cdf = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    pdf = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    a, b = (-1 - m) / sd, (1 - m) / sd
+    return -cdf(a) + (1 - cdf(b)) + m * (cdf(b) - cdf(a)) + sd * (pdf(a) - pdf(b))
+
+
+def test_visualize_forward_shows_the_test_images_noised_as_q_says(data_dir, tmp_path):
     out = tmp_path / "forward.png"
     invoke("visualize", "forward", "--data-dir", data_dir, "--n", "3", "--schedule", "cosine", "--out", out)
     assert iio.imread(out).shape[:2] == (330, 780)  # 3 rows x 8 labelled columns at 0.9 in per cell, 100 dpi
 
+    invoke("visualize", "forward", "--data-dir", data_dir, "--n", "6", "--schedule", "cosine", "--timesteps",
+           "0,500,999", "--out", out)
+    cells = grid_images(iio.imread(out), 28)
+    assert sorted(cells) == [(i, j) for i in range(6) for j in range(3)]
+    real = synthetic_digits(64, seed=1)[0][:6].astype(float)  # the test split of conftest's data, in order
+    for i in range(6):
+        assert np.corrcoef(cells[i, 0].ravel(), real[i].ravel())[0, 1] > 0.95  # t = 0: the image itself, row i
+        assert abs(np.corrcoef(cells[i, 2].ravel(), real[i].ravel())[0, 1]) < 0.2  # t = 999: noise
+    x0 = real / 255 * 2 - 1
+    for j, t in ((1, 500), (2, 999)):
+        # x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, shown clamped: the mean grey level it must have over
+        # these 6 x 784 pixels (sampling error about 1 level; alpha_bar 0.4 or 0.6 instead of 0.49 moves it 7 levels)
+        ab = cosine_alpha_bar(t)
+        expected = np.mean([mean_of_clipped_normal(math.sqrt(ab) * v, math.sqrt(1 - ab)) for v in x0.ravel()])
+        shown = np.mean([cells[i, j] for i in range(6)])
+        assert abs(shown - (expected + 1) / 2 * 255) < 4, (t, shown, (expected + 1) / 2 * 255)
 
-def test_visualize_schedule_png(tmp_path):
+
+def test_visualize_schedule_draws_the_linear_alpha_bar(tmp_path):
     out = tmp_path / "s.png"
     invoke("visualize", "schedule", "--out", out)
-    assert iio.imread(out).shape[:2] == (400, 1000)
+    png = iio.imread(out)
+    assert png.shape[:2] == (400, 1000)
+    (top, bottom, left, right), _ = axes_frames(png)  # alpha_bar_t on the left, log-SNR on the right
+    T = 1000
+    alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, T))  # Ho et al. 2020: beta linear from 1e-4 to 0.02
+    x_lim, y_lim = (-0.05 * (T - 1), 1.05 * (T - 1)), (-0.05, 1.05)  # matplotlib's 5% margins around 0..T-1, 0..1
+    for t in (150, 250, 400, 600):
+        x = round(left + (t - x_lim[0]) / (x_lim[1] - x_lim[0]) * (right - left))
+        y = curve_height(png, x, (31, 119, 180), top + 1, bottom)  # the first line: matplotlib's C0 blue, "linear"
+        drawn = y_lim[0] + (bottom - y) / (bottom - top) * (y_lim[1] - y_lim[0])
+        assert abs(drawn - alpha_bar[t]) < 0.01, (t, drawn, alpha_bar[t])  # 3 px of the 305-px-high chart
 
 
-def test_visualize_denoise_gif_and_strip(run_dir, tmp_path):
+def test_visualize_denoise_gif_and_strip_show_the_sample(run_dir, tmp_path):
     result = invoke("visualize", "denoise", "--checkpoint", run_dir, "--digit", "4", "--n", "2", "--ddim", "5",
                     "--out", tmp_path / "den")
     frames = iio.imread(tmp_path / "den.gif", index=None)
     assert frames.shape[0] == 5 + 1  # one frame per step, then the result (held, merged by the GIF writer)
     assert frames.shape[1:3] == ((2 * 29 - 1) * 4, 57 * 4)  # 2 samples stacked; x_t | x_0 side by side, 4x
-    assert iio.imread(tmp_path / "den.png").ndim == 3
     assert "6 frames" in result.output
+    invoke("sample", "--checkpoint", run_dir, "--digit", "4", "--n", "2", "--ddim", "5", "--out", tmp_path / "g.png",
+           "--npz", tmp_path / "s.npz", "--device", "cpu")
+    sampled = np.load(tmp_path / "s.npz")["arr_0"][..., 0].astype(int)
+    last = frames[-1] if frames.ndim == 3 else frames[-1, ..., 0]
+    for i in range(2):  # the last frame's x_t and x_0 panels are the sample `tinydiff sample` gives
+        rows = slice(i * 29 * 4, (i * 29 + 28) * 4, 4)
+        np.testing.assert_allclose(last[rows, 0:112:4], sampled[i], atol=1)
+        np.testing.assert_allclose(last[rows, 116:228:4], sampled[i], atol=1)
+    first = frames[0] if frames.ndim == 3 else frames[0, ..., 0]
+    assert 0.2 < np.isin(first[0:112:4, 0:112:4], (0, 255)).mean() < 0.45  # x_T ~ N(0, 1): 32% beyond [-1, 1]
+    # the strip draws the same frames through matplotlib (a picture to look at; its values are the GIF's)
+    assert iio.imread(tmp_path / "den.png").ndim == 3
 
 
 def test_trajectory_ends_on_the_same_image_as_sample(run_dir):
