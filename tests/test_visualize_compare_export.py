@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import synthetic_digits
+from conftest import optional_module, synthetic_digits
 from pixels import axes_frames, curve_height, grid_images
 
 from tinydiff_cli.cli import app
@@ -126,7 +126,14 @@ def test_compare_json_and_grid(run_dir, tmp_path):
     assert names == ["DDPM-50", "DDIM-2", "DDIM-5", "DPM++2M-2", "DPM++2M-5"]  # every registered sampler
     assert [row["network_evaluations"] for row in report["samplers"]] == [100, 4, 10, 4, 10]  # w = 1: two per step
     assert report["samplers"][0]["speedup_vs_ddpm"] == 1.0
-    assert all(row["fid"] >= 0 and 0 <= row["class_accuracy"] <= 1 for row in report["samplers"])
+    for row, flags in ((report["samplers"][0], ["--sampler", "ddpm"]), (report["samplers"][2], ["--ddim", "5"])):
+        # each row's scores are those `tinydiff eval` gives for that sampler on the same labels and seed
+        score = invoke("eval", "--checkpoint", run_dir, "--n", "6", *flags, "--json", "--device", "cpu").stdout
+        score = json.loads(score[score.index("{"):])
+        assert row["fid"] == round(score["fid"], 3) and row["class_accuracy"] == pytest.approx(score["class_accuracy"], abs=1e-4)
+    fids = [row["fid"] for row in report["samplers"]]
+    # at 2 steps DPM++(2M) is DDIM: its first step is first order (DDIM's, with eta 0) and both land on x_0
+    assert fids[1] == fids[3] and len({fids[0], fids[1], fids[2], fids[4]}) == 4
     assert iio.imread(tmp_path / "c.png").shape[:2] == (420, 510)  # 4 rows x 5 sampler columns
     assert report["plot"] == str(tmp_path / "f.png") and iio.imread(tmp_path / "f.png").shape[:2] == (450, 1100)
 
@@ -166,7 +173,7 @@ def test_export_pt2_matches_pytorch(run_dir, tmp_path):
 
 
 def test_export_onnx_matches_pytorch(run_dir, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")  # .ci/run installs the onnx extra, so CI runs this
+    onnxruntime = optional_module("onnxruntime")  # .ci/run installs the onnx extra and requires it
     out = tmp_path / "model.onnx"
     result = invoke("export", "--checkpoint", run_dir, "--format", "onnx", "--out", out)
     assert "onnxruntime vs PyTorch" in result.output
@@ -182,7 +189,7 @@ def test_bad_export_format(run_dir):
     assert result.exit_code == 2 and "choose one of safetensors, onnx, pt2" in result.output
 
 
-def test_readme_engine_examples_run(run_dir):
+def test_readme_engine_examples_run_and_give_what_they_say(run_dir, tmp_path):
     """The README's "Using the engine from Python" blocks, run as written against a real checkpoint."""
     import re
     from pathlib import Path
@@ -191,8 +198,20 @@ def test_readme_engine_examples_run(run_dir):
     section = readme[readme.index("## Using the engine from Python"):readme.index("## Tests")]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2
+    from tinydiff_cli.data import to_uint8
+
     scope = {}
     exec(blocks[0].replace('"runs/unet-small"', repr(str(run_dir))), scope)
     assert scope["images"].shape == (10, 1, 28, 28) and scope["traj"].x0.shape == (50, 1, 1, 28, 28)
+    # what the comments promise: the images `tinydiff sample` gives at the model's own w, and the trajectory's last
+    # frame is the sample drawn with the same settings
+    out = tmp_path / "s"
+    invoke("sample", "--checkpoint", run_dir, "--n", "10", "--sampler", "ddim", "--steps", "10", "--seed", "0",
+           "--out", out.with_suffix(".png"), "--npz", out.with_suffix(".npz"), "--device", "cpu")
+    np.testing.assert_array_equal(to_uint8(scope["images"]).numpy(), np.load(out.with_suffix(".npz"))["arr_0"])
+    pipe = scope["pipe"]
+    torch.testing.assert_close(scope["traj"].x[-1], pipe.sample(pipe.labels(3, 1), sampler="ddim", steps=50, seed=0))
+    torch.manual_seed(0)  # the block draws x from the global generator: seeded, it is Pipeline.sample's seed-0 noise
     exec(blocks[1], scope)
-    assert scope["images"].shape == (10, 1, 28, 28)
+    expected = pipe.sample(pipe.labels("all", 10), sampler="ddim", steps=10, eta=0.0, w=1.0, seed=0)
+    torch.testing.assert_close(scope["images"], expected)
