@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic MNIST in torchvision's raw IDX layout, and a tiny model preset."""
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 import tempfile
@@ -62,6 +63,14 @@ def make_mnist(root: Path, folder: str = "MNIST", n_train: int = 256, n_test: in
         write_idx_images(raw / f"{split}-images-idx3-ubyte", images)
         write_idx_labels(raw / f"{split}-labels-idx1-ubyte", labels)
     return root
+
+
+def optional_module(name: str):
+    """The optional dependency `name` (onnxruntime from the onnx extra, streamlit from the app extra), or a skip when it
+    is not installed; where TINYDIFF_REQUIRE_OPTIONAL=1 (.ci/run installs every extra) its absence is a failure."""
+    if os.environ.get("TINYDIFF_REQUIRE_OPTIONAL") == "1":
+        return importlib.import_module(name)  # an ImportError here fails the test, or the module that needs it
+    return pytest.importorskip(name)
 
 
 # Under pytest-xdist (`pytest -n 2`) each worker runs torch on one thread, and so do the commands it starts: two

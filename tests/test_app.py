@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("streamlit")
+from conftest import optional_module
+
+optional_module("streamlit")  # .ci/run installs the app extra and requires it (TINYDIFF_REQUIRE_OPTIONAL=1)
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tinydiff_cli.app import logic  # noqa: E402
@@ -38,7 +40,7 @@ def test_generate_then_scrub_without_running_the_model(runs, monkeypatch, tmp_pa
     at.radio(key="sampler").set_value("ddim")
     at.run()
     at.slider(key="steps").set_value(5)
-    at.slider(key="w").set_value(1.0)
+    at.slider(key="w").set_value(2.5)  # not the tiny model's own w (1), so the slider's value must reach the model
     at.number_input(key="seed").set_value(3)
     at.button(key="generate").click()
     at.run()
@@ -51,7 +53,7 @@ def test_generate_then_scrub_without_running_the_model(runs, monkeypatch, tmp_pa
     # the last frame is what `tinydiff sample` gives for the same checkpoint, seed and settings
     npz = tmp_path / "s.npz"
     sampled = runner.invoke(app, ["sample", "--checkpoint", str(runs / "tiny"), "--digit", "7", "--n", "1", "--ddim", "5",
-                                  "--w", "1.0", "--seed", "3", "--out", str(tmp_path / "g.png"), "--npz", str(npz),
+                                  "--w", "2.5", "--seed", "3", "--out", str(tmp_path / "g.png"), "--npz", str(npz),
                                   "--device", "cpu"])
     assert sampled.exit_code == 0, sampled.output
     np.testing.assert_array_equal(to_uint8(result["trajectory"].x[-1]).numpy(), np.load(npz)["arr_0"])
@@ -90,11 +92,25 @@ def test_app_command_without_the_extra_says_what_to_install(monkeypatch):
     assert result.exit_code == 2 and "pip install 'tinydiff[app]'" in result.output
 
 
-def test_generate_with_each_kind_of_sampler(runs):
+def test_generate_with_each_kind_of_sampler_at_the_w_it_is_given(runs):
+    import torch
+
     pipe = logic.load(runs / "tiny")
     assert logic.sampler_controls("ddpm") == (False, False) and logic.sampler_controls("ddim") == (True, True)
-    ddpm = logic.generate(pipe, label=None, sampler="ddpm", steps=None, eta=0.0, w=1.0, seed=0)
-    assert len(ddpm.timesteps) == pipe.T and ddpm.x.shape[1] == 1
+    assert logic.sampler_controls("dpm++2m") == (True, False)
+    for sampler, steps, eta in (("ddpm", None, 0.0), ("ddim", 4, 0.0), ("ddim", 4, 1.0), ("dpm++2m", 4, 0.0)):
+        ends = {}
+        for w in (0.0, 2.0):
+            traj = logic.generate(pipe, label=7, sampler=sampler, steps=steps, eta=eta, w=w, seed=5)
+            assert len(traj.timesteps) == (pipe.T if steps is None else steps)
+            # the app's sample is the engine's for the same class, sampler, eta, w and seed
+            expected = pipe.sample(torch.tensor([7]), sampler=sampler, steps=steps, eta=eta, w=w, seed=5)
+            torch.testing.assert_close(traj.x[-1], expected, rtol=0, atol=1e-6)
+            ends[w] = traj.x[-1]
+        assert not torch.equal(ends[0.0], ends[2.0]), sampler  # w reaches the model
+    unconditional = logic.generate(pipe, label=None, sampler="ddim", steps=4, eta=0.0, w=2.0, seed=5)
+    torch.testing.assert_close(unconditional.x[-1], pipe.sample(pipe.labels("none", 1), sampler="ddim", steps=4,
+                                                                w=0.0, seed=5), rtol=0, atol=1e-6)  # no w without a class
     assert pipe.describe_sampler("ddpm", None, 0.0) == "DDPM-50"
     assert pipe.describe_sampler("ddim", 7, 0.5) == "DDIM-7 (eta=0.5)"
 
@@ -115,7 +131,17 @@ def test_a_distilled_model_samples_with_its_own_steps_in_the_app(tiny_run, monke
     w = at.slider(key="w_distilled")
     assert (w.min, w.max) == (0.0, 2.0)
     w.set_value(1.5)
+    at.selectbox(key="class").select("7")
     at.button(key="generate").click()
     at.run()
     assert not at.exception, at.exception
-    assert len(at.session_state["result"]["trajectory"].timesteps) == 2
+    traj = at.session_state["result"]["trajectory"]
+    assert len(traj.timesteps) == 2
+    import torch
+
+    from tinydiff_cli.pipeline import Pipeline
+
+    student = Pipeline.from_checkpoint(runs_dir / "tiny-2step")  # the student's own 2 steps, at the slider's w
+    diffs = {w_given: (traj.x[-1] - student.sample(torch.tensor([7]), w=w_given, seed=0)).abs().max().item()
+             for w_given in (1.5, 0.0, 2.0)}
+    assert diffs[1.5] == 0 and diffs[0.0] > 0 and diffs[2.0] > 0, diffs  # bit for bit at its w, not at another

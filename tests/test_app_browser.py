@@ -2,9 +2,8 @@
 
 .ci/run installs all of it and sets TINYDIFF_REQUIRE_BROWSER=1, so in CI this test runs or fails, never skips."""
 import os
-import socket
+import re
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -32,12 +31,6 @@ if missing and os.environ.get("TINYDIFF_REQUIRE_BROWSER") != "1":
     pytest.skip(f"browser test needs {missing}", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(condition, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -49,24 +42,34 @@ def wait_for(condition, timeout: float, what: str):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run):
+def server(tiny_run, tmp_path_factory):
+    """The Streamlit command `tinydiff visualize app` execs (commands.app.streamlit_command), on port 0: the server
+    binds a free port itself and prints its URL, so no port is picked here first that another process could take.
+    Its output goes to a file that a full pipe cannot block."""
     assert missing is None, f"browser test needs {missing}"
-    runs = tiny_run[0].parent
-    port = free_port()
-    script = Path(sys.executable).parent / "tinydiff"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "tinydiff_cli"]
-    proc = subprocess.Popen(command + ["visualize", "app", "--runs", str(runs), "--port", str(port), "--no-browser"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    from tinydiff_cli.commands.app import streamlit_command
 
-    def healthy():
+    runs = tiny_run[0].parent
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "TINYDIFF_APP_RUNS": str(runs.resolve())}
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(streamlit_command(host="127.0.0.1", port=0, open_browser=False), stdout=sink,
+                                stderr=subprocess.STDOUT, text=True, env=env)
+
+    def served_url():
+        assert proc.poll() is None, f"the app stopped: {log.read_text()}"
+        found = re.search(r"URL: (http://127\.0\.0\.1:\d+)", log.read_text())
+        return found and found.group(1)
+
+    def healthy(url):
         try:
             return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
         except OSError:
             return False
 
     try:
-        wait_for(healthy, 60, "the app to serve")
+        url = wait_for(served_url, 60, "the app to print its URL")
+        wait_for(lambda: healthy(url), 60, "the app to serve")
         yield url, proc
     finally:
         proc.terminate()

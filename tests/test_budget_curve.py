@@ -34,20 +34,27 @@ def test_runs_are_scored_and_placed_at_their_training_time(budget_curve, tiny_ru
     data = run.parents[1] / "data"
     out = tmp_path / "curve"
     args = budget_curve.parse_args([str(run / "ckpt_0000004.json"), str(run), "--n", "20", "--w", "1",
-                                    "--w-max-sigma", "5", "--images-per-s", "100", "--device", "cpu",
+                                    "--w-max-sigma", "5", "--images-per-s", "2", "--device", "cpu",
                                     "--data-dir", str(data), "--out", str(out)])
     rows = budget_curve.budget_curve(args, run_cli=in_process_cli)
     assert [r["steps"] for r in rows] == [4, 8]
     assert [r["images_seen"] for r in rows] == [128, 256]  # the tiny preset's batch of 32
-    assert [r["minutes"] for r in rows] == [round(128 / 100 / 60, 2), round(256 / 100 / 60, 2)]
-    for row, meta in zip(rows, (run / "ckpt_0000004.json", run / "last.json")):
+    assert [r["minutes"] for r in rows] == [1.07, 2.13]  # 128 and 256 images at 2 images/s: 64 s and 128 s
+    for row, checkpoint, meta in zip(rows, (run / "ckpt_0000004.json", run), ("ckpt_0000004.json", "last.json")):
         assert row["seed"] == 0 and row["w"] == 1.0 and row["w_max_sigma"] == 5.0
-        assert row["recorded_minutes"] == round(json.loads(meta.read_text())["elapsed_s"] / 60, 2)
-        assert row["fid"] > 0 and row["x_floor"] == round(row["fid"] / row["fid_real_floor"], 2)
+        assert row["recorded_minutes"] == round(json.loads((run / meta).read_text())["elapsed_s"] / 60, 2)
+        # the scores are those of `tinydiff eval` on that checkpoint at the same settings, run here on its own
+        stdout = in_process_cli(["eval", "--checkpoint", str(checkpoint), "--n", "20", "--w", "1", "--w-max-sigma", "5",
+                                 "--json", "--device", "cpu", "--data-dir", str(data)])
+        score = json.loads(stdout[stdout.index("{"):])
+        assert (row["fid"], row["fid_real_floor"], row["class_accuracy"], row["n"]) == (
+            round(score["fid"], 3), round(score["fid_real_floor"], 3), score["class_accuracy"], 20)
+        assert abs(row["x_floor"] - score["fid"] / score["fid_real_floor"]) <= 0.006  # to 2 decimals
+    assert rows[0]["fid"] != rows[1]["fid"]  # two models, two scores: not one eval reported twice
     with open(out / "budget.csv", newline="") as f:
         assert [int(r["steps"]) for r in csv.DictReader(f)] == [4, 8]
     table = (out / "budget.md").read_text()
-    assert "w = 1, guided at sigma <= 5; x: minutes at 100 images/s" in table and "| run | seed | steps |" in table
+    assert "w = 1, guided at sigma <= 5; x: minutes at 2 images/s" in table and "| run | seed | steps |" in table
     assert iio.imread(out / "budget.png").ndim == 3
 
 
@@ -71,6 +78,9 @@ def test_a_folder_that_is_not_a_run_stops_before_any_eval(budget_curve, tiny_run
 
 @pytest.mark.parametrize("flag, value", [("--images-per-s", "0"), ("--w-max-sigma", "-1"), ("--w-max-sigma", "nan")])
 def test_bad_numbers_are_refused_when_parsed(budget_curve, flag, value, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         budget_curve.parse_args(["some-run", flag, value])
-    assert flag in capsys.readouterr().err
+    assert stopped.value.code == 2
+    kind = "a positive throughput such as 150" if flag == "--images-per-s" else "a positive noise level such as 5"
+    # the refusal itself, not argparse's usage line (which names every flag whatever the error)
+    assert f"error: {flag} takes {kind}" in capsys.readouterr().err

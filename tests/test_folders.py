@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY_PRESET, make_mnist
+from conftest import TINY_PRESET, make_mnist, optional_module
 from tinydiff_cli.cli import app
 from tinydiff_cli.data import load_dataset, load_split
 from tinydiff_cli.errors import TinydiffError
@@ -197,14 +197,22 @@ def test_an_rgb_folder_trains_samples_and_exports(rgb_run, tmp_path):
     result = invoke("sample", "--checkpoint", run, "--digit", "purple", "--out", tmp_path / "g.png")
     assert result.exit_code == 2 and "a class name (blue, green, red)" in result.output
 
-    onnxruntime = pytest.importorskip("onnxruntime")
+    onnxruntime = optional_module("onnxruntime")  # .ci/run installs the onnx extra and requires it
     onnx = tmp_path / "m.onnx"
     result = invoke("export", "--checkpoint", run, "--format", "onnx", "--out", onnx)
     assert result.exit_code == 0, result.output
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    out = session.run(None, {"x_t": x, "t": np.array([10, 40]), "labels": np.array([0, 3])})[0]
+    t, labels = np.array([10, 40]), np.array([0, 3])  # 3: the null class of a 3-class model
+    out = session.run(None, {"x_t": x, "t": t, "labels": labels})[0]
     assert out.shape == (2, 3, 32, 32)
+    from tinydiff_cli.pipeline import Pipeline
+
+    model = Pipeline.from_checkpoint(run).model  # the EMA weights, which export writes
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(labels)).numpy()
+    assert np.abs(expected).max() > 1e-3  # a network that computes something, not the zero-initialised output layer
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
 
 
 def test_an_rgb_folder_is_scored_with_its_own_classifier(rgb_run, tmp_path):
@@ -217,8 +225,8 @@ def test_an_rgb_folder_is_scored_with_its_own_classifier(rgb_run, tmp_path):
     assert len(score["class_histogram"]) == 3 and score["class_accuracy"] is not None
 
 
-def test_the_viewer_draws_an_rgb_model(rgb_run, monkeypatch):
-    pytest.importorskip("streamlit")
+def test_the_viewer_draws_an_rgb_model(rgb_run, monkeypatch, tmp_path):
+    optional_module("streamlit")
     from streamlit.testing.v1 import AppTest
 
     from tinydiff_cli.commands.app import SCRIPT
@@ -232,11 +240,22 @@ def test_the_viewer_draws_an_rgb_model(rgb_run, monkeypatch):
     at.radio(key="sampler").set_value("ddim")
     at.run()
     at.slider(key="steps").set_value(3)
+    at.slider(key="w").set_value(1.0)
+    at.number_input(key="seed").set_value(3)
     at.button(key="generate").click()
     at.run()
     assert not at.exception, at.exception
     frames = at.session_state["result"]["frames"]
     assert frames.x.shape[1:] == (256, 256, 3) and frames.strip.shape[-1] == 3  # 32 px at scale 8, RGB
+    # the last frame shows, in colour, the image `tinydiff sample` gives for the same class, sampler, w and seed
+    npz = tmp_path / "s.npz"
+    result = invoke("sample", "--checkpoint", run, "--digit", "red", "--n", 1, "--ddim", 3, "--w", "1", "--seed", 3,
+                    "--out", tmp_path / "g.png", "--npz", npz, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    [sampled] = np.load(npz)["arr_0"]  # (32, 32, 3)
+    assert sampled.std(axis=2).max() > 0  # not grey: the channels differ somewhere
+    for shown in (frames.x[-1], frames.x0[-1]):
+        np.testing.assert_array_equal(shown.numpy()[::8, ::8], sampled)
 
 
 def test_an_unlabelled_folder_trains_unconditionally_and_eval_says_why_it_cannot_score(tmp_path):

@@ -2,6 +2,8 @@
 the plot are written (issue 14)."""
 import csv
 import importlib.util
+import json
+import statistics
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -28,6 +30,22 @@ def in_process_cli(args):
     return result.stdout
 
 
+def eval_on_its_own(run_dir, *flags):
+    """`tinydiff eval --json` of a run folder, run here apart from the sweep: the scores a row must hold."""
+    stdout = in_process_cli(["eval", "--checkpoint", str(run_dir), "--n", "20", "--json", "--device", "cpu", *flags])
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def table_after(text: str, heading: str) -> list[dict]:
+    """The Markdown table that follows `heading` in sweep.md, as dicts of strings."""
+    lines = [line for line in text[text.index(heading):].splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
 def test_combinations_are_the_cartesian_product():
     sweep = load_sweep()
     assert sweep.combinations(["a.x=1,2", "b.y=p"]) == [{"a.x": "1", "b.y": "p"}, {"a.x": "2", "b.y": "p"}]
@@ -44,7 +62,10 @@ def test_a_sweep_trains_scores_and_writes_the_table_and_the_plot(tiny_preset, da
     assert [row["run"] for row in rows] == ["lr=1e-3", "lr=3e-3"]
     for row, lr in zip(rows, (1e-3, 3e-3)):
         assert yaml.safe_load((out / row["run"] / "config.yaml").read_text())["train"]["lr"] == lr
-        assert row["steps"] >= 1 and row["fid"] > 0 and row["fid_real_floor"] > 0 and 0 <= row["class_accuracy"] <= 1
+        assert row["steps"] == json.loads((out / row["run"] / "last.json").read_text())["step"] >= 1
+        score = eval_on_its_own(out / row["run"], "--data-dir", str(data_dir))
+        assert (row["fid"], row["fid_real_floor"], row["class_accuracy"], row["n"]) == (
+            round(score["fid"], 3), round(score["fid_real_floor"], 3), score["class_accuracy"], 20)
         assert row["w"] == 1.0  # no --w: each model is scored at its own train.sample_w
     with open(out / "sweep.csv", newline="") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["lr=1e-3", "lr=3e-3"]
@@ -64,11 +85,16 @@ def test_seeds_repeat_each_setting_at_a_fixed_step_count_and_the_means_are_writt
     assert [(row["run"], row["seed"], row["steps"]) for row in rows] == [
         ("preset,seed=1", 1, 2), ("preset,seed=2", 2, 2)]
     assert [yaml.safe_load((out / row["run"] / "config.yaml").read_text())["train"]["seed"] for row in rows] == [1, 2]
-    [mean] = sweep.means_over_seeds(rows, keys=[])
-    assert mean["seeds"] == 2 and mean["mean_steps"] == 2
-    assert mean["mean_fid"] == round((rows[0]["fid"] + rows[1]["fid"]) / 2, 3)
-    assert mean["fid_spread"] == round(abs(rows[0]["fid"] - rows[1]["fid"]), 3)
-    assert "Mean over seeds" in (out / "sweep.md").read_text()
+    # each seed's scores from its own eval, and the written means from those, computed here
+    scores = [eval_on_its_own(out / row["run"], "--data-dir", str(data_dir)) for row in rows]
+    fids = [score["fid"] for score in scores]
+    assert fids[0] != fids[1]  # two seeds, two models
+    [mean] = table_after((out / "sweep.md").read_text(), "Mean over seeds")
+    assert (mean["seeds"], mean["mean_steps"]) == ("2", "2")
+    assert float(mean["mean_fid"]) == pytest.approx(statistics.fmean(fids), abs=1e-3)
+    assert float(mean["fid_spread"]) == pytest.approx(abs(fids[0] - fids[1]), abs=1e-3)
+    assert float(mean["mean_class_accuracy"]) == pytest.approx(
+        statistics.fmean(score["class_accuracy"] for score in scores), abs=1e-4)
 
 
 def test_means_over_seeds_group_by_setting():
@@ -105,7 +131,7 @@ def test_several_guidance_weights_score_each_trained_model_at_every_w(tiny_prese
     assert iio.imread(out / "sweep.png").ndim == 3
 
 
-def test_best_guidance_picks_each_settings_lowest_mean_fid():
+def test_best_guidance_picks_each_settings_lowest_mean_fid(capsys):
     sweep = load_sweep()
     rows = [{"train.lr": lr, "seed": seed, "steps": 10, "w": w, "fid": fid, "fid_real_floor": 1.0,
              "class_accuracy": 0.9} for lr, seed, w, fid in
@@ -120,8 +146,10 @@ def test_best_guidance_picks_each_settings_lowest_mean_fid():
         with pytest.raises(SystemExit, match="--w"):
             sweep.guidance_weights(bad)
     for bad in ("0", "-1", "nan"):  # refused when parsed, before the first training
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as stopped:
             sweep.parse_args(["--train-steps", "5", "--w-max-sigma", bad])
+        assert stopped.value.code == 2
+        assert "error: --w-max-sigma takes a positive noise level such as 5" in capsys.readouterr().err
 
 
 def test_several_step_counts_are_whole_runs_of_each_length(tiny_preset, data_dir, tmp_path):
@@ -137,3 +165,16 @@ def test_several_step_counts_are_whole_runs_of_each_length(tiny_preset, data_dir
     for bad in ("0", "5,x", "2,2"):
         with pytest.raises(SystemExit, match="--train-steps"):
             sweep.step_budgets(bad)
+
+
+def test_the_default_runner_starts_the_real_command_in_its_own_process(tiny_preset, data_dir, tmp_path):
+    """subprocess_cli, what `python benchmarks/sweep.py` uses: the installed tinydiff in a process of its own."""
+    sweep = load_sweep()
+    out = tmp_path / "sweep"
+    args = sweep.parse_args(["--preset", str(tiny_preset), "--train-steps", "1", "--n", "20", "--device", "cpu",
+                             "--data-dir", str(data_dir), "--out", str(out)])
+    [row] = sweep.sweep(args)  # the default run_cli
+    assert json.loads((out / "preset" / "last.json").read_text())["step"] == row["steps"] == 1
+    score = eval_on_its_own(out / "preset", "--data-dir", str(data_dir))
+    assert row["fid"] == round(score["fid"], 3) and row["class_accuracy"] == score["class_accuracy"]
+    assert row["n"] == 20
