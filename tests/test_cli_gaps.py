@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import make_mnist, synthetic_digits
+from conftest import TINY_PRESET, make_mnist, synthetic_digits
 from tinydiff_cli.cli import app, normalize_argv
 from tinydiff_cli.pipeline import Pipeline
 
@@ -172,21 +172,7 @@ model:
   hidden_size: 32
   depth: 2
   heads: 2
-diffusion:
-  schedule: linear
-  timesteps: 50
-  objective: eps
-train:
-  batch_size: 32
-  lr: 1.0e-3
-  warmup_steps: 2
-  epochs: 1
-  log_every: 2
-  checkpoint_every: 4
-  eval_images: 32
-  sample_steps: 5
-  sample_rows: 1
-"""
+""" + TINY_PRESET[TINY_PRESET.index("diffusion:"):]  # the tiny preset's diffusion and train sections
 
 
 def test_a_dit_trains_samples_and_exports_through_the_cli(data_dir, tmp_path):
