@@ -121,3 +121,30 @@ def test_train_eval_every_logs_fid_and_accuracy(tiny_preset, data_dir, tmp_path)
         assert float(row["fid"]) == pytest.approx(score["fid"], rel=1e-4)
         assert float(row["class_acc"]) == pytest.approx(score["class_accuracy"], abs=1e-4)
     assert scored[0]["fid"] != scored[1]["fid"]
+
+
+def test_the_floor_says_on_how_many_images_it_stands_when_the_split_is_smaller_than_n():
+    """With N above the training split, the floor is all of the split against the test split (not N), and the
+    score and `tinydiff eval`'s row say so."""
+    from tinydiff_cli.commands.eval import floor_label
+    from tinydiff_cli.data import DataInfo, Dataset
+    from tinydiff_cli.evaluation import Scorer
+
+    class PixelFeatures:  # the features are the pixels themselves: the floor is then a Frechet distance of pixels
+        test_accuracy = 1.0
+
+        def embed(self, images):
+            x = images.reshape(len(images), -1).float() / 255
+            return x[:, :8], torch.zeros(len(images), dtype=torch.long)
+
+    g = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (30, 1, 4, 4), generator=g, dtype=torch.uint8), torch.zeros(30, dtype=torch.long))
+    test = Split(torch.randint(0, 256, (40, 1, 4, 4), generator=g, dtype=torch.uint8), torch.zeros(40, dtype=torch.long))
+    scorer = Scorer(PixelFeatures(), Dataset(train, test, DataInfo("synthetic", 4, 1, 1, ("a",))))
+    samples = torch.randint(0, 256, (50, 4, 4), generator=g, dtype=torch.uint8)
+    score = scorer.score(samples)
+    assert (score.n, score.floor_n) == (50, 30)
+    all_train, _ = PixelFeatures().embed(train.images)
+    assert score.fid_real_floor == pytest.approx(fid_from_features(all_train, scorer.test_features))
+    assert "N=30: all the train images, fewer than the 50 samples" in floor_label(score)
+    assert scorer.score(samples[:20]).floor_n == 20 and floor_label(scorer.score(samples[:20])).endswith("(N=20 train images)")

@@ -2,7 +2,8 @@
 floor at the same N, class accuracy of conditional samples and the class histogram.
 
 FID is biased upwards at small N, so every score carries its N and the floor (N real training images
-against the same test split) is computed at that N: compare numbers only at equal N.
+against the same test split) is computed at that N: compare numbers only at equal N. A training split smaller than N
+gives its floor at all of its images, and the score says so (`floor_n`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Score:
     n: int
     fid: float
     fid_real_floor: float
+    floor_n: int  # training images behind the floor: n, or the whole split when it has fewer
     class_accuracy: float | None  # None when no sample had a class label
     class_histogram: list[float]
     classifier_test_accuracy: float
@@ -67,5 +69,6 @@ class Scorer:
             if conditional.any():
                 accuracy = class_accuracy(predicted[conditional], labels[conditional])
         return Score(n=n, fid=fid_from_features(features, self.test_features), fid_real_floor=self.real_floor(n),
+                     floor_n=min(n, len(self.train)),
                      class_accuracy=accuracy, class_histogram=class_histogram(predicted, self.num_classes),
                      classifier_test_accuracy=self.classifier.test_accuracy)

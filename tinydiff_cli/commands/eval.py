@@ -160,10 +160,17 @@ def check_same_shape(source_shape: tuple[int, int, int], shape: tuple[int, int, 
                             f"are {dh}x{dw} with {ds}; score them against their own dataset (--dataset)")
 
 
+def floor_label(score: Score) -> str:
+    if score.floor_n == score.n:
+        return f"real-data floor (N={score.n} train images)"
+    return (f"real-data floor (N={score.floor_n}: all the train images, fewer than the {score.n} samples; "
+            f"FID's bias differs between the two N)")
+
+
 def score_rows(score: Score, class_names) -> list[tuple[str, str]]:
     acc = "n/a (unconditional)" if score.class_accuracy is None else f"{score.class_accuracy:.2%}"
     return [("FID (classifier features, vs test split)", f"{score.fid:.3f}"),
-            (f"real-data floor (N={score.n} train images)", f"{score.fid_real_floor:.3f}"),
+            (floor_label(score), f"{score.fid_real_floor:.3f}"),
             ("class accuracy of conditional samples", acc),
             ("class histogram", "  ".join(f"{name}:{p:.0%}" for name, p in zip(class_names, score.class_histogram))),
             ("classifier test accuracy", f"{score.classifier_test_accuracy:.2%}")] + \
