@@ -63,7 +63,7 @@ def test_plan_halves_from_the_teacher_grid_down_to_the_steps():
         DistillSettings(steps=3, teacher_steps=8).validate()
 
 
-def test_the_student_starts_as_its_teachers_conditional_model(tiny_run):
+def test_the_student_starts_as_its_teachers_network_for_every_w(tiny_run):
     run_dir, _ = tiny_run
     ckpt = load_checkpoint(run_dir)
     teacher = load_model(ckpt)

@@ -243,7 +243,7 @@ def test_a_live_run_refuses_a_second_trainer_sigterm_saves_and_a_killed_run_leav
 
 @pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)])
 def test_ctrl_c_and_sigterm_ask_for_a_stop_and_a_second_signal_aborts_at_once(data_dir, tmp_path, first, second):
-    from tinydiff_cli.training import stop_on_signals
+    from tinydiff_cli.loop import stop_on_signals
 
     def before_int(signum, frame): pass
     def before_term(signum, frame): pass
@@ -251,7 +251,7 @@ def test_ctrl_c_and_sigterm_ask_for_a_stop_and_a_second_signal_aborts_at_once(da
     trainer = tiny_trainer(data_dir, tmp_path / "run")
     saved = signal.signal(signal.SIGINT, before_int), signal.signal(signal.SIGTERM, before_term)
     try:
-        with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer):
+        with pytest.raises(KeyboardInterrupt), stop_on_signals(trainer.loop):
             assert signal.getsignal(signal.SIGINT) is not before_int  # its own handlers while it runs
             os.kill(os.getpid(), first)
             time.sleep(0.01)  # Python runs a handler between bytecodes: long before this sleep ends

@@ -64,7 +64,7 @@ def test_fp16_training_steps_with_a_grad_scaler_and_stops_when_it_keeps_overflow
 
     real_loss = training.diffusion_loss
     monkeypatch.setattr(training, "diffusion_loss", lambda *a, **k: real_loss(*a, **k) * float("inf"))
-    trainer.fp16_patience = 3
+    trainer.loop.fp16_patience = 3
     kept = [p.detach().clone() for p in trainer.model.parameters()]
     scale = trainer.scaler.get_scale()
     for _ in range(2):  # overflowed steps are skipped, and the scale backs off

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ from tinydiff_cli.checkpoint import load_checkpoint
 from tinydiff_cli.pipeline import Pipeline
 from tinydiff_cli.config import load_config
 from tinydiff_cli.errors import TinydiffError
-from tinydiff_cli.training import Trainer, lr_at
+from tinydiff_cli.loop import Budget, LRSchedule
+from tinydiff_cli.training import Trainer, lr_schedule
 
 
 class Quiet:
@@ -95,9 +97,35 @@ def test_broken_checkpoints_are_reported(tmp_path, tiny_preset, data_dir):
         load_checkpoint(tmp_path / "run")
 
 
-def test_lr_warms_up_then_follows_cosine():
+def test_lr_warms_up_then_decays_from_the_end_of_warm_up():
     cfg = load_config("unet-small", ["train.lr=1.0", "train.warmup_steps=10"])
-    assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1)
-    assert lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
-    assert lr_at(cfg, 100, 0.5) == pytest.approx(0.5)
-    assert lr_at(cfg, 100, 1.0) == pytest.approx(0.0)
+    lr = lr_schedule(cfg)
+    assert lr(0, 0.0) == pytest.approx(0.1) and lr(9, 0.09) == pytest.approx(1.0)  # linear: (step + 1) / warmup
+    # 100 steps in all: warm-up ends at progress 0.1, and the cosine runs over the 90 steps after it
+    assert lr(10, 0.10, decay_start=0.1) == pytest.approx(1.0)  # the peak where the decay begins, not cos(0.1 pi)
+    assert lr(55, 0.55, decay_start=0.1) == pytest.approx(0.5)  # half-way through the decay
+    assert lr(77, 0.775, decay_start=0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+    assert lr(100, 1.0, decay_start=0.1) == pytest.approx(0.0)
+    assert LRSchedule(1.0, 10, cosine=False)(50, 0.5, 0.1) == 1.0
+
+
+def test_the_loop_records_where_warm_up_ended_and_a_resume_keeps_it(tiny_preset, data_dir, tmp_path):
+    """The decay starts at the progress the run had reached when warm-up ended (by steps here), and a resumed run
+    continues the same curve."""
+    trainer = make_trainer(tiny_preset, data_dir, tmp_path, **{"train.max_steps": 8, "train.warmup_steps": 3})
+    loop, peak = trainer.loop, trainer.cfg.train.lr
+    loop.budget = Budget(8, seconds=1e6)  # a clock far from its end: progress by steps
+    rates = []
+    for _ in range(6):
+        rates.append(loop.lr())
+        loop.train_step(rates[-1])
+    assert loop.lr_decay_start == pytest.approx(3 / 8)
+    assert rates[:4] == pytest.approx([peak / 3, 2 * peak / 3, peak, peak])
+    assert rates[5] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * (5 / 8 - 3 / 8) / (5 / 8))))
+    trainer.save("last", loop.elapsed())
+    resumed = make_trainer(tiny_preset, data_dir, tmp_path / "again", **{"train.max_steps": 8, "train.warmup_steps": 3})
+    resumed.load_state(load_checkpoint(tmp_path))
+    assert resumed.loop.lr_decay_start == pytest.approx(3 / 8) and resumed.step == 6
+    assert resumed.loop.lr() == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * (6 / 8 - 3 / 8) / (5 / 8))))
+    loop.elapsed_before = 2e6  # the clock is out: the decay is done, whatever the steps say
+    assert loop.lr() == 0.0

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +39,10 @@ from .errors import TinydiffError
 from .diffusion.formulations import per_row
 from .diffusion.guidance import Denoiser, guided_denoiser
 from .images import save_grid
+from .loop import Budget, Loop, LoopPlan, LRSchedule, stop_on_signals
 from .models import build_model
 from .pipeline import Pipeline, make_generator
-from .train_log import LossWindow, PrintReporter
-from .training import stop_on_signals
+from .train_log import PrintReporter
 
 STUDENT_OBJECTIVE = "v"
 
@@ -59,7 +58,7 @@ class DistillSettings:
     max_minutes: float | None = 20.0  # for the whole distillation, split evenly over its stages
     stage_iterations: int = 2000  # optimizer steps per stage at most
     batch_size: int = 64
-    lr: float = 5e-4  # peak; warm-up and cosine decay within each stage
+    lr: float = 5e-4  # peak; warm-up over 20 iterations and cosine decay within each stage
     ema_decay: float = 0.995
     p_uncond: float = 0.1  # the share of rows with the null label, so the student also samples unconditionally
     seed: int = 0
@@ -126,7 +125,9 @@ def two_step_target(teacher: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sig
 
 def student_from_teacher(teacher: torch.nn.Module, teacher_config: Config, data: DataInfo) -> tuple[torch.nn.Module, Config]:
     """The stage-1 student: the teacher's backbone with a guidance input, predicting v, starting from the teacher's
-    weights (the new input's last layer is zero, so it starts as the teacher's conditional model)."""
+    weights. The new input's last layer is zero, so at first its network gives the teacher network's output for
+    every w; for a v teacher that is the teacher's conditional model, but an eps or x0 teacher's output now reads
+    as v, so stage 1 also learns the change of parameterization (its first loss is that of the wrong reading)."""
     cfg = config_from_dict(config_to_dict(teacher_config))
     cfg.model.guidance_input, cfg.diffusion.objective = True, STUDENT_OBJECTIVE
     student = build_model(cfg.model, data.image_size, data.channels, data.num_classes)
@@ -166,12 +167,12 @@ class Distiller:
         self.data_dir = data_dir if data_dir is not None else teacher.config.data.data_dir
         self.images = load_dataset_of(teacher.config.data, self.data_dir, trained_on=teacher.data).train.to(self.device)
         self.stages = plan_stages(settings)
-        self.stage_index, self.stage_step, self.stage_elapsed = 0, 0, [0.0] * len(self.stages)
-        self.total_step = 0  # iterations over all stages: the checkpoints' step
+        self.stage_index, self.stage_elapsed = 0, [0.0] * len(self.stages)
+        self.steps_before_stage = 0  # iterations of the stages before this one
         torch.manual_seed(settings.seed)  # dropout, in backbones that have it, draws from the global stream
         self.generator = make_generator(settings.seed, self.device)
-        self.last_loss: float | None = None
         self.stop_requested = False
+        self.previewing = False  # stop_on_signals asks; the stage's loop does its own skipping
         self.begin_stage(load_model(teacher, self.device, "ema"), teacher.config)
 
     # ---- stages --------------------------------------------------------------------------------------
@@ -187,6 +188,18 @@ class Distiller:
         self.student = student.train().requires_grad_(True)
         self.ema = EMA(self.student, self.settings.ema_decay, warmup=10)
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.settings.lr, weight_decay=0.0)
+        s, budget_s = self.settings, self.stage_budget_s()
+        # the LR warms up and decays within each stage, so each stage's student settles before it becomes the next
+        # stage's teacher; a stage ends after its iterations or its share of the time, whichever runs out first
+        budget = Budget(s.stage_iterations, budget_s, steps_used=f"{s.stage_iterations} iterations",
+                        time_used="" if budget_s is None else
+                        f"its share of the time ({budget_s / 60:.1f} of {s.max_minutes:g} min)")
+        plan = LoopPlan(LRSchedule(s.lr, warmup_steps=20), budget, s.batch_size, grad_clip=1.0,
+                        log_every=s.log_every, lr_name="--lr")
+        self.loop = Loop(self.student, lambda step: self.loss(*self.batch()), self.optimizer, self.ema, plan,
+                         reporter=self.reporter)
+        if self.stop_requested:
+            self.loop.request_stop()
         self.pipeline = Pipeline.from_model(self.ema.ema_model, self.config, self.data)  # the student, for samples
         stage, form = self.stages[self.stage_index], self.teacher.formulation
         self.grid = form.sigmas(stage.steps).to(self.device)  # ending at 0: the clean image
@@ -205,16 +218,6 @@ class Distiller:
     def stage_budget_s(self) -> float | None:
         m = self.settings.max_minutes
         return None if m is None else 60 * m / len(self.stages)
-
-    def stop_reason(self, stage_elapsed_s: float) -> str:
-        if self.stop_requested:
-            return "interrupted"
-        if self.stage_step >= self.settings.stage_iterations:
-            return f"{self.settings.stage_iterations} iterations"
-        budget = self.stage_budget_s()
-        if budget is not None and stage_elapsed_s >= budget:
-            return f"its share of the time ({budget / 60:.1f} of {self.settings.max_minutes:g} min)"
-        return ""
 
     # ---- one step ------------------------------------------------------------------------------------
     def batch(self):
@@ -245,31 +248,27 @@ class Distiller:
         output = self.student(student.c_in(s) * x, student.c_noise(sigma), labels, w)
         return F.mse_loss(output, target)
 
-    def lr_at(self, stage_elapsed_s: float) -> float:
-        """Warm-up over 20 iterations, then cosine decay to 0 over the stage (by iterations or by its time share,
-        whichever runs out first), so each stage's student settles before it becomes the next teacher."""
-        progress = self.stage_step / self.settings.stage_iterations
-        budget = self.stage_budget_s()
-        if budget is not None:
-            progress = max(progress, stage_elapsed_s / budget)
-        warm = min(1.0, (self.stage_step + 1) / 20)
-        return self.settings.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    # ---- what the stage's loop holds ----------------------------------------------------------------
+    @property
+    def stage_step(self) -> int:
+        return self.loop.step
+
+    @property
+    def total_step(self) -> int:
+        """Iterations over all stages: the checkpoints' step."""
+        return self.steps_before_stage + self.loop.step
+
+    @property
+    def last_loss(self) -> float | None:
+        return self.loop.last_loss
 
     def train_step(self, lr: float) -> torch.Tensor:
-        loss = self.loss(*self.batch())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.stage_step += 1
-        self.total_step += 1
-        self.ema.update(self.student, self.stage_step)
-        return loss.detach()
+        return self.loop.train_step(lr)
 
     def request_stop(self) -> None:
+        """Stop after the current iteration and save `last` (what Ctrl-C does)."""
         self.stop_requested = True
+        self.loop.request_stop()
 
     # ---- the run -------------------------------------------------------------------------------------
     def run(self) -> DistillResult:
@@ -278,25 +277,12 @@ class Distiller:
         start_stage = self.stage_index
         with stop_on_signals(self):
             while self.stage_index < len(self.stages):
-                k, stage = self.stage_index, self.stage
+                k, stage, loop = self.stage_index, self.stage, self.loop
                 self.reporter.log(f"stage {k + 1}/{len(self.stages)}: {stage.describe()}")
                 self.reporter.start(s.stage_iterations, self.stage_step, description=f"stage {k + 1}")
-                window, session_start, before = LossWindow(self.device), time.perf_counter(), self.stage_elapsed[k]
-                elapsed = lambda: before + time.perf_counter() - session_start  # noqa: E731
-                while not (reason := self.stop_reason(elapsed())):
-                    lr = self.lr_at(elapsed())
-                    window.add(self.train_step(lr), s.batch_size)
-                    metrics = None
-                    if self.stage_step % s.log_every == 0:
-                        self.last_loss, images_per_s = window.close()
-                        metrics = {"loss": self.last_loss, "lr": lr, "images_per_s": images_per_s,
-                                   "eta_s": self.seconds_left(elapsed(), images_per_s), "elapsed_s": elapsed()}
-                    self.reporter.update(self.stage_step, metrics)
-                    if self.stage_step % s.checkpoint_every == 0:
-                        with window.paused():
-                            self.stage_elapsed[k] = elapsed()
-                            self.save("last")
-                self.stage_elapsed[k] = elapsed()
+                loop.elapsed_before = self.stage_elapsed[k]
+                reason = loop.run(self.between_steps)
+                self.stage_elapsed[k] = loop.elapsed()
                 self.reporter.finish()
                 if reason == "interrupted":
                     self.save("last")
@@ -306,6 +292,11 @@ class Distiller:
             self.reporter.log("nothing to distil: every stage is done")
         return DistillResult(len(self.stages), "done", self.out_dir / "last.json", self.last_loss, sum(self.stage_elapsed))
 
+    def between_steps(self, loop: Loop, metrics: dict | None) -> None:
+        if self.stage_step % self.settings.checkpoint_every == 0:
+            self.stage_elapsed[self.stage_index] = loop.elapsed()
+            self.save("last")
+
     def finish_stage(self, reason: str) -> None:
         """Keep the stage's student (EMA) as stage<k>, preview it, and make it the next stage's teacher."""
         k, stage = self.stage_index, self.stage
@@ -313,9 +304,10 @@ class Distiller:
         preview = self.preview(self.out_dir / "samples" / f"stage{k + 1}_ddim{stage.steps}.png")
         self.reporter.log(f"stage {k + 1} done after {self.stage_step} iterations ({reason}), loss "
                           f"{self.last_loss if self.last_loss is None else round(self.last_loss, 5)}; samples {preview}")
-        self.stage_index, self.stage_step = k + 1, 0
+        self.stage_index, done, last_loss = k + 1, self.total_step, self.last_loss
         if self.stage_index < len(self.stages):
             self.begin_stage(copy.deepcopy(self.ema.ema_model), self.config)
+            self.steps_before_stage, self.loop.last_loss = done, last_loss  # `last` reports it until the stage logs
         self.save("last")
 
     def preview(self, path: Path) -> Path:
@@ -324,17 +316,13 @@ class Distiller:
         images = self.pipeline.sample(labels, sampler="ddim", steps=self.stage.steps, w=w, seed=self.settings.seed)
         return save_grid(images, path, ncols=self.pipeline.grid_columns)
 
-    def seconds_left(self, stage_elapsed_s: float, images_per_s: float) -> float:
-        left = (self.settings.stage_iterations - self.stage_step) * self.settings.batch_size / max(images_per_s, 1e-9)
-        budget = self.stage_budget_s()
-        return left if budget is None else min(left, max(0.0, budget - stage_elapsed_s))
-
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save(self, name: str, final: bool = False) -> Path:
         """`last`: the resumable state (student, EMA, optimizer, RNG). `stage<k>` (final): the stage's student alone.
         Both load as a distilled model that samples with the steps of the stage they come from."""
         resumable = not final and self.stage_index < len(self.stages)
         progress = {"stage": self.stage_index, "stage_step": self.stage_step, "total_step": self.total_step,
+                    "lr_decay_start": self.loop.lr_decay_start,
                     "stage_elapsed_s": self.stage_elapsed, "complete": self.stage_index == len(self.stages),
                     "resumable": resumable, "settings": dataclasses.asdict(self.settings), "data_dir": self.data_dir,
                     "stages": [dataclasses.asdict(st) for st in self.stages]}
@@ -354,16 +342,19 @@ class Distiller:
         if ckpt.meta.get("recovered_from_tensors"):
             raise TinydiffError(f"{ckpt.json_path} is older than its tensors (the run stopped while saving), so the stage "
                                 f"they belong to is unknown; start the distillation again with a new --out")
-        self.stage_index, self.stage_step = int(progress["stage"]), int(progress["stage_step"])
-        self.total_step = int(progress.get("total_step", ckpt.step))
+        self.stage_index, stage_step = int(progress["stage"]), int(progress["stage_step"])
+        self.steps_before_stage = int(progress.get("total_step", ckpt.step)) - stage_step
         self.stage_elapsed = [float(x) for x in progress["stage_elapsed_s"]]
-        self.last_loss = ckpt.meta.get("train_loss")
-        if self.stage_index >= len(self.stages):
-            return
-        if self.stage_index > 0:
-            previous = load_checkpoint(ckpt.json_path.parent / f"stage{self.stage_index}.json")
-            self.begin_stage(load_model(previous, self.device, "ema"), previous.config)
-        self.state.restore(ckpt)
+        if self.stage_index < len(self.stages):
+            if self.stage_index > 0:
+                previous = load_checkpoint(ckpt.json_path.parent / f"stage{self.stage_index}.json")
+                self.begin_stage(load_model(previous, self.device, "ema"), previous.config)
+            self.state.restore(ckpt)
+        # distillations before 0.4 do not record where the decay began: at the end of warm-up, by iterations
+        warm = self.loop.schedule.warmup_steps
+        self.loop.step, self.loop.last_loss = stage_step, ckpt.meta.get("train_loss")
+        self.loop.lr_decay_start = progress.get("lr_decay_start",
+                                                warm / self.settings.stage_iterations if stage_step > warm else None)
 
 
 def settings_of(ckpt: Checkpoint) -> DistillSettings:

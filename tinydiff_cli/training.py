@@ -1,19 +1,17 @@
-"""The training loop: data in memory, AdamW with warm-up and cosine LR, gradient clipping, EMA, the Min-SNR loss,
+"""A training run: data in memory, AdamW with warm-up and cosine LR, gradient clipping, EMA, the Min-SNR loss,
 per-epoch eval loss and sample grid, atomic checkpoints that resume exactly where they stopped.
 
     trainer = Trainer(load_config("unet-small"), out_dir="runs/unet-small", device=pick_device())
     result = trainer.run()
 
-`Trainer.run` is the whole loop, top to bottom. The checkpoint format is in checkpoint.py, the CSV and progress
-output in train_log.py, the evals in train_eval.py.
+A step's objective is the diffusion loss of its batch (`Trainer.loss`); the loop that optimises it, shared with
+distill, is loop.py, and `Trainer.run` adds what a training run does between steps (loss.csv, checkpoints, evals,
+previews). The checkpoint format is in checkpoint.py, the CSV and progress output in train_log.py, the evals in
+train_eval.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import signal
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +22,18 @@ from . import __version__
 from .atomic import StorageError, write_text_atomic
 from .checkpoint import Checkpoint, TrainState, load_checkpoint, save_checkpoint
 from .config import Config, adapt_to_image_size, used_settings, validate
-from .distributed import (Dist, agree, first_on_each_machine, is_collective_failure, mean_over_ranks,
-                          reseed_other_ranks)
+from .distributed import Dist, first_on_each_machine, is_collective_failure, reseed_other_ranks
 from .data import load_dataset, to_model_range
 from .ema import EMA
 from .errors import TinydiffError
 from .images import save_loss_plot
+from .loop import Budget, Diverged, Loop, LoopPlan, LRSchedule, stop_on_signals
 from .diffusion.loss import diffusion_loss, draw_noise
 from .models import build_model, check_model_size
 from .pipeline import Pipeline, make_generator
 from .precision import grad_scaler, prepare, resolve_precision
 from .train_eval import SampleQuality, eval_loss, save_sample_grid
-from .train_log import LossWindow, NullLog, PrintReporter, QuietReporter, TrainLog
+from .train_log import NullLog, PrintReporter, QuietReporter, TrainLog
 
 
 @dataclass
@@ -51,17 +49,14 @@ class TrainResult:
     epoch: float  # epochs trained in all (steps / steps per epoch)
 
 
-def lr_at(cfg: Config, step: int, progress: float) -> float:
-    """Linear warm-up over train.warmup_steps, then cosine decay to 0 over progress in [0, 1] (or constant)."""
+def lr_schedule(cfg: Config) -> LRSchedule:
     t = cfg.train
-    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
-    decay = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) if t.lr_schedule == "cosine" else 1.0
-    return t.lr * warm * decay
+    return LRSchedule(t.lr, t.warmup_steps, cosine=t.lr_schedule == "cosine")
 
 
 class Trainer:
-    """Holds a run's data (in memory, on the device), model, EMA copy, optimizer and RNG stream; `train_step` is one
-    optimizer step and `run` the loop."""
+    """Holds a run's data (in memory, on the device), model, EMA copy, optimizer, RNG stream and its `loop`;
+    `loss(step)` is what the loop minimises, `run` the whole run."""
 
     def __init__(self, cfg: Config, out_dir: str | Path, device: torch.device, reporter=None, dist: Dist = Dist()):
         self.cfg, self.out_dir, self.device, self.dist = cfg, Path(out_dir), torch.device(device), dist
@@ -98,20 +93,52 @@ class Trainer:
 
             self.net = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
             reseed_other_ranks(dist, cfg.train.seed, step=0)  # after DDP has broadcast rank 0's initial weights
-        self.scaler = grad_scaler(self.precision, self.device)  # fp16 only
-        self.overflow_streak, self.fp16_patience = 0, 20  # fp16 steps in a row whose gradients overflowed
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.ema_pipeline = Pipeline.from_model(self.ema.ema_model, cfg, self.data)  # previews and evals
         self.formulation = self.ema_pipeline.formulation
         self.generator = make_generator(cfg.train.seed, self.device)  # timesteps, noise, label dropout
         self.state = TrainState(self.model, self.ema.ema_model, self.optimizer, self.generator)
-        self.step, self.elapsed_before = 0, 0.0
-        self.last_train_loss: float | None = None
         self.last_eval_loss: float | None = None
-        self.stop_requested = False
-        self.previewing = False  # a Ctrl-C now skips the preview (see `skippable`) instead of waiting for it
         self._permutation: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its data order)
+        t = cfg.train
+        budget = Budget(self.total_steps, 60 * t.max_minutes if t.max_minutes else None,
+                        steps_used=f"reached step {self.total_steps} (epochs={t.epochs}, max_steps={t.max_steps})",
+                        time_used=f"time budget of {t.max_minutes:g} min used" if t.max_minutes else "")
+        plan = LoopPlan(lr_schedule(cfg), budget, t.batch_size, grad_clip=t.grad_clip, log_every=t.log_every)
+        self.loop = Loop(self.model, self.loss, self.optimizer, self.ema, plan, reporter=self.reporter, dist=dist,
+                         scaler=grad_scaler(self.precision, self.device))  # the scaler: fp16 only
+
+    # ---- what the loop holds -----------------------------------------------------------------------------
+    @property
+    def reporter(self):
+        return self._reporter
+
+    @reporter.setter
+    def reporter(self, reporter) -> None:  # one progress display for the run and its loop
+        self._reporter = reporter
+        if "loop" in self.__dict__:
+            self.loop.reporter = reporter
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def scaler(self):
+        return self.loop.scaler
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.loop.stop_requested
+
+    def request_stop(self) -> None:
+        """Stop after the current step and save `last` (what Ctrl-C does)."""
+        self.loop.request_stop()
+
+    def train_step(self, lr: float) -> torch.Tensor:
+        """One optimizer step on the next batch (see Loop.train_step)."""
+        return self.loop.train_step(lr)
 
     # ---- sizes and budgets -------------------------------------------------------------------------------
     @property
@@ -124,29 +151,6 @@ class Trainer:
         total = t.epochs * self.steps_per_epoch
         return min(total, t.max_steps) if t.max_steps else total
 
-    def progress(self, elapsed_s: float) -> float:
-        """Fraction of the run done: by steps, or by the wall-clock budget if that runs out first."""
-        by_steps = self.step / self.total_steps
-        minutes = self.cfg.train.max_minutes
-        return max(by_steps, elapsed_s / (60 * minutes)) if minutes else by_steps
-
-    def stop_reason(self, elapsed_s: float) -> str:
-        """Why the run must stop now, or "" to go on. Under DDP only rank 0's clock counts (see `run`)."""
-        t = self.cfg.train
-        if self.stop_requested:
-            return "interrupted"
-        if self.step >= self.total_steps:
-            return f"reached step {self.total_steps} (epochs={t.epochs}, max_steps={t.max_steps})"
-        if t.max_minutes and elapsed_s >= 60 * t.max_minutes and self.dist.is_main:
-            return f"time budget of {t.max_minutes:g} min used"
-        return ""
-
-    def eta_seconds(self, images_per_s: float, elapsed_s: float) -> float:
-        eta = (self.total_steps - self.step) * self.cfg.train.batch_size / max(images_per_s, 1e-9)
-        if self.cfg.train.max_minutes:
-            eta = min(eta, max(0.0, 60 * self.cfg.train.max_minutes - elapsed_s))
-        return eta
-
     # ---- checkpoints -------------------------------------------------------------------------------------
     def save(self, name: str, elapsed_s: float) -> Path:
         """Write checkpoint `name` (atomically); never one with a NaN or infinite weight."""
@@ -154,8 +158,8 @@ class Trainer:
         if not all(bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point()):
             raise Diverged(self.step, "the weights are no longer finite (not saved)", self.cfg.train.lr)
         extra = {"epoch": self.step // self.steps_per_epoch, "elapsed_s": elapsed_s, "tinydiff_version": __version__,
-                 "optimizer": self.state.optimizer_settings(),
-                 "train_loss": self.last_train_loss, "eval_loss": self.last_eval_loss, "data": self.data.to_meta(),
+                 "optimizer": self.state.optimizer_settings(), "lr_decay_start": self.loop.lr_decay_start,
+                 "train_loss": self.loop.last_loss, "eval_loss": self.last_eval_loss, "data": self.data.to_meta(),
                  "world_size": self.dist.world_size,
                  "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None}
         return save_checkpoint(self.out_dir, name, config=self.cfg, step=self.step, tensors=tensors, extra=extra)
@@ -166,11 +170,14 @@ class Trainer:
         reseed_other_ranks(self.dist, self.cfg.train.seed, step=ckpt.step)  # the checkpoint holds rank 0's stream
         if self.scaler is not None and ckpt.meta.get("grad_scaler"):
             self.scaler.load_state_dict(ckpt.meta["grad_scaler"])
-        self.step = ckpt.step
-        self.elapsed_before = float(ckpt.meta.get("elapsed_s", 0.0))
-        self.last_train_loss, self.last_eval_loss = ckpt.meta.get("train_loss"), ckpt.meta.get("eval_loss")
+        loop, warmup = self.loop, self.cfg.train.warmup_steps
+        loop.step, loop.elapsed_before = ckpt.step, float(ckpt.meta.get("elapsed_s", 0.0))
+        # checkpoints before 0.4 do not record where the decay began: by steps, it began at the end of warm-up
+        loop.lr_decay_start = ckpt.meta.get("lr_decay_start",
+                                            warmup / self.total_steps if ckpt.step > warmup else None)
+        loop.last_loss, self.last_eval_loss = ckpt.meta.get("train_loss"), ckpt.meta.get("eval_loss")
 
-    # ---- one step ----------------------------------------------------------------------------------------
+    # ---- one step's objective -----------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] and labels of the step's batch. The epoch's permutation is a function of (seed, epoch),
         so a resumed run draws the same batches; it is built once per epoch and kept on the device."""
@@ -182,70 +189,17 @@ class Trainer:
         idx = self._permutation[1][within * bs:(within + 1) * bs][self.dist.rows(bs)]  # this rank's rows
         return to_model_range(self.train_split.images[idx]), self.train_split.labels[idx]
 
-    def train_step(self, lr: float) -> torch.Tensor:
-        x0, labels = self.batch(self.step)
+    def loss(self, step: int) -> torch.Tensor:
+        """The diffusion loss of step `step`'s batch: what the loop minimises."""
+        x0, labels = self.batch(step)
         # Label dropout, timesteps and noise are drawn for the whole global batch, in one order from one stream, and
         # each rank keeps its rows: so N ranks compute what one process computes with the same global batch.
         bs, rows, g = self.cfg.train.batch_size, self.dist.rows(self.cfg.train.batch_size), self.generator
         drop = (torch.rand(bs, device=self.device, generator=g) < self.cfg.diffusion.p_uncond)[rows]
         labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)  # label dropout: null class
         level, eps = draw_noise(self.formulation, (bs, *x0.shape[1:]), self.device, g)
-        loss = diffusion_loss(self.net, self.formulation, x0, labels, min_snr_gamma=self.cfg.diffusion.min_snr_gamma,
+        return diffusion_loss(self.net, self.formulation, x0, labels, min_snr_gamma=self.cfg.diffusion.min_snr_gamma,
                               noise=(level[rows], eps[rows]))
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:  # fp16: scale the loss so that small gradients do not underflow
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip or float("inf"))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.scaler is not None:
-            self.fp16_step(grad_norm)
-        else:
-            # One host sync per step (free on a CPU): a non-finite loss or gradient stops the run before the update,
-            # so the weights, the optimizer moments and the EMA stay those of the last good step. Under DDP the
-            # gradient norm is the same on every rank (a NaN anywhere reaches all through the all-reduce).
-            if not torch.isfinite(grad_norm if self.dist.enabled else loss.detach() + grad_norm):
-                what = f"the loss is {loss.item():g}" if not loss.isfinite() else f"the gradient norm is {grad_norm.item():g}"
-                raise Diverged(self.step + 1, what, self.cfg.train.lr)
-            self.optimizer.step()
-        self.step += 1
-        self.ema.update(self.model, self.step)
-        return loss.detach()
-
-    def fp16_step(self, grad_norm: torch.Tensor) -> None:
-        """The GradScaler's step: an overflowed gradient skips the update and halves the scale, which is its normal
-        working; `fp16_patience` skips in a row mean the numbers have left fp16's range for good."""
-        patience = self.fp16_patience
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.overflow_streak = 0 if bool(torch.isfinite(grad_norm)) else self.overflow_streak + 1
-        if self.overflow_streak >= patience:
-            raise Diverged(self.step + 1, f"the fp16 gradients overflowed {patience} steps in a row (loss scale "
-                                          f"{self.scaler.get_scale():g})", self.cfg.train.lr)
-
-    def window_reduce(self, loss_sum: torch.Tensor, images: int) -> tuple[torch.Tensor, int]:
-        """A logging window's loss over all ranks (the global batch's mean). Its images are already the job's: each
-        rank counts the global batch of every step."""
-        return mean_over_ranks(self.dist, loss_sum), images
-
-    def request_stop(self) -> None:
-        """Stop after the current step and save `last` (what Ctrl-C does)."""
-        self.stop_requested = True
-
-    @contextmanager
-    def skippable(self, what: str):
-        """A preview or sample-quality eval that a Ctrl-C cuts short (it is written atomically, so it is then simply
-        absent) rather than one the user has to wait out; the stop it requests still saves `last`."""
-        self.previewing = True
-        try:
-            yield
-        except PreviewSkipped:
-            self.reporter.log(f"Ctrl-C: {what} skipped")
-        finally:
-            self.previewing = False
 
     @contextmanager
     def failures_explained(self):
@@ -288,137 +242,84 @@ class Trainer:
                 continue
         return (max(found)[2], max(found)[0]) if found else None
 
-    # ---- the loop ----------------------------------------------------------------------------------------
+    # ---- the run ---------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        t, out, main = self.cfg.train, self.out_dir, self.dist.is_main  # rank 0 alone writes (see distributed.py)
+        out, main, loop = self.out_dir, self.dist.is_main, self.loop  # rank 0 alone writes (see distributed.py)
         if main:
             out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out / "config.yaml", _yaml(used_settings(self.cfg)))
-        start_step, saved_step, saved_s, session_start = self.step, None, 0.0, time.perf_counter()
-        elapsed = lambda: self.elapsed_before + time.perf_counter() - session_start  # noqa: E731  across resumes
+        start_step, self.saved = self.step, (None, 0.0)  # (step, elapsed_s) of the latest `last`
         quality = SampleQuality(self.cfg, self.device, self.reporter.log)
-        window, images_per_s = LossWindow(self.device), 0.0
         self.reporter.start(self.total_steps, self.step)
         log = TrainLog(out / "loss.csv", resume_step=self.step) if main else NullLog()
         # the signal handlers outermost: a SIGTERM (torchrun sends one when another rank dies) cannot cut short the
         # message that explains a failure
-        with stop_on_signals(self), self.failures_explained(), log:
-            while True:
-                stop_reason, lr = self.stop_reason(elapsed()), lr_at(self.cfg, self.step, self.progress(elapsed()))
-                # every rank stops at the same step: when any was interrupted, or rank 0 says so (its clock is the one)
-                stop, interrupted, lr = agree(self.dist, bool(stop_reason), self.stop_requested, lr, self.device)
-                if stop:
-                    stop_reason = stop_reason or ("interrupted" if interrupted else "rank 0 stopped the run")
-                    break
-                step_lr = lr
-                window.add(self.train_step(lr), t.batch_size)
-                epoch, end_of_epoch = self.step / self.steps_per_epoch, self.step % self.steps_per_epoch == 0
-                metrics = None
-                if self.step % t.log_every == 0:
-                    if main and not out.is_dir():
-                        self.save("last", elapsed())  # atomic_path makes the folder again
-                        raise TinydiffError(
-                            f"the run folder {out} disappeared while training (deleted, or its disk unmounted); it was "
-                            f"made again and `last` (step {self.step}) saved in it, but loss.csv and the earlier "
-                            f"checkpoints are gone. Continue with: {self.dist.train_command} --resume {out}")
-                    self.last_train_loss, images_per_s = window.close(self.window_reduce)
-                    log.write(step=self.step, epoch=epoch, train_loss=self.last_train_loss, lr=lr,
-                              images_per_s=images_per_s, elapsed_s=elapsed())
-                    metrics = {"loss": self.last_train_loss, "lr": lr, "images_per_s": images_per_s,
-                               "eta_s": self.eta_seconds(images_per_s, elapsed()), "elapsed_s": elapsed()}
-                self.reporter.update(self.step, metrics)
-
-                if not main:
-                    continue  # the others wait for rank 0's checkpoints, evals and grids in the next all-reduce
-                with window.paused():
-                    if self.step % t.checkpoint_every == 0:
-                        self.save(f"ckpt_{self.step:07d}", elapsed())
-                    if t.eval_every and self.step % t.eval_every == 0 and not self.stop_requested:
-                        with self.skippable("sample-quality eval"):
-                            score = quality(self.ema_pipeline)
-                            log.write(step=self.step, epoch=epoch, lr=lr, images_per_s=images_per_s,
-                                      elapsed_s=elapsed(), score=score)
-                            self.reporter.log(f"step {self.step}: FID@{score.n} {score.fid:.2f} (real-data floor "
-                                              f"{score.fid_real_floor:.2f}), class accuracy {score.class_accuracy:.1%}")
-                    if end_of_epoch:
-                        self.last_eval_loss = eval_loss(self.ema_pipeline, self.test_split, n=t.eval_images,
-                                                        min_snr_gamma=self.cfg.diffusion.min_snr_gamma)
-                        log.write(step=self.step, epoch=round(epoch), eval_loss=self.last_eval_loss, lr=lr,
-                                  images_per_s=images_per_s, elapsed_s=elapsed())
-                        saved_step, saved_s, grid = self.step, elapsed(), None
-                        self.save("last", saved_s)
-                        save_loss_plot(out / "loss.csv", out / "loss.png")
-                        if not self.stop_requested:  # after a Ctrl-C, no preview
-                            with self.skippable("sample grid"):
-                                grid = save_sample_grid(self.ema_pipeline,
-                                                        out / "samples" / f"epoch_{round(epoch):03d}.png", self.cfg)
-                        self.reporter.log(epoch_summary(round(epoch), self.step, self.last_train_loss,
-                                                        self.last_eval_loss, grid))
-
-            if window.steps:  # the steps since the last logging window: the final progress line shows the end
-                loss, speed = window.close(self.window_reduce)
-                self.reporter.update(self.step, {"loss": loss, "lr": step_lr, "images_per_s": speed, "eta_s": 0.0,
-                                                 "elapsed_s": elapsed()})
+        with stop_on_signals(loop), self.failures_explained(), log:
+            stop_reason = loop.run(lambda _, metrics: self.between_steps(metrics, log, quality))
             # still under the signal handlers: a Ctrl-C now cannot cut the final save short. `last` comes first, so
             # a Ctrl-C during the preview after it (slow on a busy machine) loses nothing and exits at once.
             # what `last` records: the run's time, without the previews after its last step
-            end_s = saved_s if self.step == saved_step else elapsed()
+            saved_step, saved_s = self.saved
+            end_s = saved_s if self.step == saved_step else loop.elapsed()
             if main and self.step not in (saved_step, start_step):
                 self.save("last", end_s)
                 if stop_reason != "interrupted" and not self.stop_requested:  # a Ctrl-C means out, not a preview
-                    with self.skippable("final sample grid"):
+                    with loop.skippable("final sample grid"):
                         save_sample_grid(self.ema_pipeline, out / "samples" / "final.png", self.cfg)
         if main and (out / "loss.csv").exists():
             save_loss_plot(out / "loss.csv", out / "loss.png")
         self.reporter.finish()
         if self.step == start_step:
             self.reporter.log(f"nothing to train: {stop_reason}")
-        return TrainResult(self.step, stop_reason, out / "last.json", self.last_train_loss, self.last_eval_loss,
-                           images_per_s, end_s, end_s - self.elapsed_before, self.step / self.steps_per_epoch)
+        return TrainResult(self.step, stop_reason, out / "last.json", loop.last_loss, self.last_eval_loss,
+                           loop.images_per_s, end_s, end_s - loop.elapsed_before, self.step / self.steps_per_epoch)
+
+    def between_steps(self, metrics: dict | None, log: TrainLog | NullLog, quality: SampleQuality) -> None:
+        """After each step: loss.csv every log_every steps; on rank 0, checkpoints, evals, and at the end of an
+        epoch the eval loss, `last` and a sample grid. The other ranks wait for them in the next all-reduce."""
+        t, out, loop = self.cfg.train, self.out_dir, self.loop
+        epoch = self.step / self.steps_per_epoch
+        row = {"step": self.step, "epoch": epoch, "lr": loop.last_lr, "images_per_s": loop.images_per_s}
+        if metrics is not None:
+            if self.dist.is_main and not out.is_dir():
+                self.save("last", loop.elapsed())  # atomic_path makes the folder again
+                raise TinydiffError(
+                    f"the run folder {out} disappeared while training (deleted, or its disk unmounted); it was "
+                    f"made again and `last` (step {self.step}) saved in it, but loss.csv and the earlier "
+                    f"checkpoints are gone. Continue with: {self.dist.train_command} --resume {out}")
+            log.write(**row, train_loss=metrics["loss"], elapsed_s=metrics["elapsed_s"])
+        if not self.dist.is_main:
+            return
+        if self.step % t.checkpoint_every == 0:
+            self.save(f"ckpt_{self.step:07d}", loop.elapsed())
+        if t.eval_every and self.step % t.eval_every == 0 and not self.stop_requested:
+            with loop.skippable("sample-quality eval"):
+                score = quality(self.ema_pipeline)
+                log.write(**row, elapsed_s=loop.elapsed(), score=score)
+                self.reporter.log(f"step {self.step}: FID@{score.n} {score.fid:.2f} (real-data floor "
+                                  f"{score.fid_real_floor:.2f}), class accuracy {score.class_accuracy:.1%}")
+        if self.step % self.steps_per_epoch == 0:
+            self.end_of_epoch(round(epoch), log, row)
+
+    def end_of_epoch(self, epoch: int, log: TrainLog, row: dict) -> None:
+        """The eval loss on the test split, `last`, the loss plot and (unless stopping) a sample grid."""
+        self.last_eval_loss = eval_loss(self.ema_pipeline, self.test_split, n=self.cfg.train.eval_images,
+                                        min_snr_gamma=self.cfg.diffusion.min_snr_gamma)
+        log.write(**{**row, "epoch": epoch}, eval_loss=self.last_eval_loss, elapsed_s=self.loop.elapsed())
+        self.saved, grid = (self.step, self.loop.elapsed()), None
+        self.save("last", self.saved[1])
+        save_loss_plot(self.out_dir / "loss.csv", self.out_dir / "loss.png")
+        if not self.stop_requested:  # after a Ctrl-C, no preview
+            with self.loop.skippable("sample grid"):
+                grid = save_sample_grid(self.ema_pipeline, self.out_dir / "samples" / f"epoch_{epoch:03d}.png",
+                                        self.cfg)
+        self.reporter.log(epoch_summary(epoch, self.step, self.loop.last_loss, self.last_eval_loss, grid))
 
 
 def epoch_summary(epoch: int, step: int, train_loss: float | None, eval_loss: float | None, grid: Path | None) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     return (f"epoch {epoch}: step {step}, train loss {fmt(train_loss)}, eval loss {fmt(eval_loss)}"
             + (f", samples {grid}" if grid else ""))
-
-
-class Diverged(TinydiffError):
-    """The loss or the gradient of a step is NaN or infinite; nothing of that step was applied."""
-
-    def __init__(self, step: int, what: str, lr: float):
-        self.step = step
-        super().__init__(f"training diverged at step {step}: {what}. The usual cause is too high a learning rate "
-                         f"(train.lr = {lr:g}); with fp16, an overflow")
-
-
-class PreviewSkipped(KeyboardInterrupt):
-    """Raised by the signal handler inside `Trainer.skippable`."""
-
-
-@contextmanager
-def stop_on_signals(trainer):
-    """The first Ctrl-C (or SIGTERM) asks the trainer (or distiller) to stop after the current step and save, and
-    skips a preview in progress; a second aborts. Signal handlers can only be installed from the main thread;
-    elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if trainer.stop_requested:
-            raise KeyboardInterrupt
-        trainer.request_stop()
-        if getattr(trainer, "previewing", False):
-            raise PreviewSkipped
-        trainer.reporter.log("stopping after this step and saving (press Ctrl-C again to abort without saving)")
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _yaml(values: dict) -> str:
