@@ -1,0 +1,57 @@
+"""Distillation through the command line (issue 38): the student ends nearer its teacher's guided samples than it
+started, an interrupted `tinydiff distill` resumes to the same tensors, a teacher's guidance interval is what stage 1
+distils, and the student's pt2 export computes what the checkpoint's network does."""
+import os
+import signal
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_cli_gaps import invoke, runner, train
+from tinydiff_cli.checkpoint import load_checkpoint, load_model
+from tinydiff_cli.cli import app
+from tinydiff_cli.distill import Distiller, DistillSettings, student_from_teacher
+from tinydiff_cli.export import example_inputs
+from tinydiff_cli.pipeline import Pipeline
+
+# 2 stages (guidance at DDIM-4, then 4 -> 2) of 20 iterations; lr 1e-2 because 20 iterations are all warm-up and
+# cosine decay; no time budget, so the learning rate depends on the iteration alone and a resume can be exact
+DISTILL_FLAGS = ["--steps", "2", "--teacher-steps", "4", "--stage-iterations", "20", "--batch-size", "8", "--lr", "1e-2",
+                 "--max-minutes", "0", "--seed", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_run, tmp_path_factory):
+    """The tiny run distilled to 2 steps, uninterrupted, by `tinydiff distill`."""
+    out = tmp_path_factory.mktemp("distilled") / "tiny-2step"
+    invoke("distill", "--checkpoint", tiny_run[0], "--out", out, *DISTILL_FLAGS)
+    return out
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b) ** 2).mean().item()
+
+
+def test_the_distilled_student_lands_nearer_its_teachers_guided_samples(tiny_run, distilled):
+    """Same noise (seed), same labels, w = 1: the teacher's guided DDIM-4 (what stage 1 distils and stage 2 halves)
+    against the student before any training (the teacher's weights read as a v-prediction) and after each stage.
+    Measured with --seed 0, 1 and 2: at DDIM-4, 0.411 before and 0.284-0.287 after stage 1 (a ratio of 0.70); at
+    DDIM-2, 0.703 before and 0.387-0.391 after stage 2 (0.55). A distillation that learned nothing keeps the stage-0
+    value, a ratio of 1. (This 8-step teacher's own DDIM-2 is within 1e-5 of its DDIM-4, so fewer teacher steps are
+    no baseline to beat here; the untrained student is.)"""
+    teacher_ckpt = load_checkpoint(tiny_run[0])
+    teacher = Pipeline.from_checkpoint(teacher_ckpt)
+    labels = teacher.labels("all", 40)
+    reference = teacher.sample(labels, sampler="ddim", steps=4, w=1.0, seed=5)
+    stage0 = Pipeline.from_model(*student_from_teacher(load_model(teacher_ckpt), teacher_ckpt.config, teacher_ckpt.data),
+                                 teacher_ckpt.data)
+    before = {steps: mse(stage0.sample(labels, sampler="ddim", steps=steps, w=1.0, seed=5), reference) for steps in (4, 2)}
+
+    stage1, final = Pipeline.from_checkpoint(distilled / "stage1.json"), Pipeline.from_checkpoint(distilled)
+    assert (stage1.distilled.steps, final.distilled.steps) == (4, 2)
+    after = {4: mse(stage1.sample(labels, w=1.0, seed=5), reference),  # each samples with its own DDIM steps
+             2: mse(final.sample(labels, w=1.0, seed=5), reference)}
+    assert after[4] < 0.8 * before[4] and after[2] < 0.7 * before[2], (before, after)
