@@ -55,3 +55,38 @@ def test_the_distilled_student_lands_nearer_its_teachers_guided_samples(tiny_run
     after = {4: mse(stage1.sample(labels, w=1.0, seed=5), reference),  # each samples with its own DDIM steps
              2: mse(final.sample(labels, w=1.0, seed=5), reference)}
     assert after[4] < 0.8 * before[4] and after[2] < 0.7 * before[2], (before, after)
+
+
+def ctrl_c_at(monkeypatch, stage: int, stage_step: int) -> None:
+    """Send this process SIGINT (Ctrl-C) right after the distiller's iteration `stage_step` of stage `stage` (0-based),
+    to be caught by the handler `tinydiff distill` installs (training.stop_on_signals)."""
+    real_step = Distiller.train_step
+    assert threading.current_thread() is threading.main_thread()  # where the CLI's signal handler is installed
+
+    def step_then_ctrl_c(self, lr):
+        loss = real_step(self, lr)
+        if (self.stage_index, self.stage_step) == (stage, stage_step):
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Distiller, "train_step", step_then_ctrl_c)
+
+
+def test_distill_resume_through_the_cli_ends_on_the_uninterrupted_tensors(tiny_run, distilled, tmp_path, monkeypatch):
+    out = tmp_path / "cut"
+    ctrl_c_at(monkeypatch, stage=1, stage_step=7)
+    result = runner.invoke(app, ["distill", "--checkpoint", str(tiny_run[0]), "--out", str(out), *DISTILL_FLAGS])
+    assert result.exit_code == 130 and f"continue with: tinydiff distill --resume {out}" in result.output, result.output
+    progress = load_checkpoint(out).meta["distill"]
+    assert (progress["stage"], progress["stage_step"], progress["resumable"]) == (1, 7, True)
+    assert (out / "stage1.json").exists() and not (out / "stage2.json").exists()
+    monkeypatch.undo()
+
+    result = invoke("distill", "--resume", out, "--device", "cpu")
+    assert "resuming at stage 2, iteration 7" in result.output
+    assert load_checkpoint(out).meta["distill"]["complete"]
+    for name in ("stage1", "stage2", "last"):  # each stage's student (EMA), bit for bit
+        a, b = load_file(str(distilled / f"{name}.safetensors")), load_file(str(out / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and a
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{name}: {key}")
