@@ -90,3 +90,35 @@ def test_distill_resume_through_the_cli_ends_on_the_uninterrupted_tensors(tiny_r
         assert a.keys() == b.keys() and a
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+def test_stage_one_distils_the_teachers_guidance_interval(tiny_preset, data_dir, tmp_path, monkeypatch):
+    """A teacher trained with train.sample_w_max_sigma = 10: on the DDIM-4 grid (sigma 359, 25.6, 3.67, 0.885) stage 1's
+    target is the teacher's conditional x_0 at the first two noise levels and the guided one (Ho & Salimans eq. 6,
+    on eps) at the last two, written out here from x = x_0 + sigma eps and the network's input x / sqrt(1 + sigma^2)."""
+    teacher_dir = tmp_path / "teacher"
+    train(tiny_preset, data_dir, teacher_dir, "--max-steps", "4", "--set", "train.sample_w_max_sigma=10")
+    teacher = load_checkpoint(teacher_dir)
+    assert teacher.config.train.sample_w_max_sigma == 10
+    settings = DistillSettings(steps=2, teacher_steps=4, batch_size=32, stage_iterations=1, max_minutes=None)
+    distiller = Distiller(teacher, settings, tmp_path / "d", "cpu")
+    x, sigma, i, labels, w = distiller.batch()
+    captured = {}
+    monkeypatch.setattr("tinydiff_cli.distill.F", SimpleNamespace(
+        mse_loss=lambda output, target: captured.setdefault("target", target).square().mean()))
+    distiller.loss(x, sigma, i, labels, w)
+
+    model, s = load_model(teacher), sigma.view(-1, 1, 1, 1)
+    t = torch.tensor(distiller.teacher.formulation.timesteps(4), dtype=torch.float32)[i]  # 49, 37, 24, 11
+    with torch.no_grad():
+        cond = model(x / (1 + s**2).sqrt(), t, labels)
+        uncond = model(x / (1 + s**2).sqrt(), t, torch.full_like(labels, 10))
+    wr = w.view(-1, 1, 1, 1)
+    x0_cond, x0_guided = ((x - s * eps).clamp(-1, 1) for eps in (cond, (1 + wr) * cond - wr * uncond))
+    v = lambda x0: ((x - x0) / s - s * x0) / (1 + s**2).sqrt()  # noqa: E731  v = sqrt(ab) eps - sqrt(1 - ab) x_0
+    above = (sigma > 10).view(-1, 1, 1, 1)
+    assert 0 < above.sum() < len(sigma)
+    torch.testing.assert_close(captured["target"], torch.where(above, v(x0_cond), v(x0_guided)), atol=1e-5, rtol=1e-5)
+    # the two targets differ where it matters, so guidance everywhere (or nowhere) would have failed the line above
+    discriminating = (sigma > 10) & (labels != 10) & (w > 0.2)
+    assert (v(x0_guided) - v(x0_cond))[discriminating].abs().max() > 1e-2
