@@ -122,3 +122,17 @@ def test_stage_one_distils_the_teachers_guidance_interval(tiny_preset, data_dir,
     # the two targets differ where it matters, so guidance everywhere (or nowhere) would have failed the line above
     discriminating = (sigma > 10) & (labels != 10) & (w > 0.2)
     assert (v(x0_guided) - v(x0_cond))[discriminating].abs().max() > 1e-2
+
+
+def test_the_distilled_students_pt2_export_computes_its_checkpoints_network(distilled, tmp_path):
+    pt2 = tmp_path / "student.pt2"
+    invoke("export", "--checkpoint", distilled, "--format", "pt2", "--out", pt2)
+    ckpt = load_checkpoint(distilled)
+    student = load_model(ckpt)  # the EMA student, rebuilt from the checkpoint alone
+    x, t, labels, w = example_inputs(Pipeline.from_checkpoint(ckpt), 5, seed=3)  # w in the student's [0, 2]
+    exported = torch.export.load(str(pt2)).module()
+    with torch.no_grad():
+        for ws in (w, torch.zeros(5), torch.full((5,), 2.0)):
+            torch.testing.assert_close(exported(x, t, labels, ws), student(x, t, labels, ws), atol=1e-4, rtol=0)
+        # w is a live input of both: the student learned a guidance embedding, and the export kept it
+        assert (student(x, t, labels, torch.full((5,), 2.0)) - student(x, t, labels, torch.zeros(5))).abs().max() > 1e-3
