@@ -59,17 +59,17 @@ def test_the_distilled_student_lands_nearer_its_teachers_guided_samples(tiny_run
 
 def ctrl_c_at(monkeypatch, stage: int, stage_step: int) -> None:
     """Send this process SIGINT (Ctrl-C) right after the distiller's iteration `stage_step` of stage `stage` (0-based),
-    to be caught by the handler `tinydiff distill` installs (training.stop_on_signals)."""
-    real_step = Distiller.train_step
+    to be caught by the handler `tinydiff distill` installs (loop.stop_on_signals). The loop calls
+    `Distiller.between_steps` after every iteration."""
+    real_between = Distiller.between_steps
     assert threading.current_thread() is threading.main_thread()  # where the CLI's signal handler is installed
 
-    def step_then_ctrl_c(self, lr):
-        loss = real_step(self, lr)
+    def between_then_ctrl_c(self, loop, metrics):
+        real_between(self, loop, metrics)
         if (self.stage_index, self.stage_step) == (stage, stage_step):
             os.kill(os.getpid(), signal.SIGINT)
-        return loss
 
-    monkeypatch.setattr(Distiller, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(Distiller, "between_steps", between_then_ctrl_c)
 
 
 def test_distill_resume_through_the_cli_ends_on_the_uninterrupted_tensors(tiny_run, distilled, tmp_path, monkeypatch):
