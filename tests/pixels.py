@@ -57,3 +57,19 @@ def curve_height(png: np.ndarray, x: int, colour: tuple[int, int, int], top: int
     near = np.flatnonzero(np.abs(rgb - np.array(colour)).sum(1) < 60)
     assert near.size, f"no curve of colour {colour} at x = {x}"
     return top + float(near.mean())
+
+
+def framed_images(png: np.ndarray, size: int) -> dict[tuple[int, int], np.ndarray]:
+    """Like `grid_images`, for images that may hold white pixels (which `grid_images` takes for the background): the
+    grid's columns are the black runs longer than 2 * size in the first pixel row that has any (the top edges of the
+    first row of frames; no text has such a run), its rows the black runs down the first frame's left edge. Each image
+    is sampled at the centres of its size x size pixels between its frame lines; matplotlib draws the frame over the
+    image's edge, so only [1:-1, 1:-1] of each is certain to be the image's own pixels."""
+    g = grey(png)
+    long_runs = lambda line: [(a, b - 1) for a, b in runs(line < 60) if b - a > 2 * size]  # noqa: E731
+    first = next(y for y in range(g.shape[0]) if long_runs(g[y]))
+    columns = long_runs(g[first])
+    rows = long_runs(g[:, columns[0][0]])
+    centres = lambda lo, hi: np.floor(lo + (np.arange(size) + 0.5) * (hi - lo) / size).astype(int)  # noqa: E731
+    return {(i, j): g[np.ix_(centres(top, bottom), centres(left, right))]
+            for i, (top, bottom) in enumerate(rows) for j, (left, right) in enumerate(columns)}

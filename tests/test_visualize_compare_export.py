@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import optional_module, synthetic_digits
-from pixels import axes_frames, curve_height, grid_images
+from pixels import axes_frames, curve_height, framed_images, grid_images
 
 from tinydiff_cli.cli import app
 from tinydiff_cli.export import example_inputs
@@ -83,6 +83,8 @@ def test_visualize_schedule_draws_the_linear_alpha_bar(tmp_path):
 
 
 def test_visualize_denoise_gif_and_strip_show_the_sample(run_dir, tmp_path):
+    from tinydiff_cli.data import to_uint8
+
     result = invoke("visualize", "denoise", "--checkpoint", run_dir, "--digit", "4", "--n", "2", "--ddim", "5",
                     "--out", tmp_path / "den")
     frames = iio.imread(tmp_path / "den.gif", index=None)
@@ -99,8 +101,25 @@ def test_visualize_denoise_gif_and_strip_show_the_sample(run_dir, tmp_path):
         np.testing.assert_allclose(last[rows, 116:228:4], sampled[i], atol=1)
     first = frames[0] if frames.ndim == 3 else frames[0, ..., 0]
     assert 0.2 < np.isin(first[0:112:4, 0:112:4], (0, 255)).mean() < 0.45  # x_T ~ N(0, 1): 32% beyond [-1, 1]
-    # the strip draws the same frames through matplotlib (a picture to look at; its values are the GIF's)
-    assert iio.imread(tmp_path / "den.png").ndim == 3
+    # the strip, through matplotlib: two rows per sample (x_t above predicted x_0), a column per step (5 <= 10, so
+    # all of them), then the result; every panel the frame of the same trajectory, recomputed here, and the last the
+    # sample `tinydiff sample` gave, to 2 grey levels (colormap rounding) inside the 1-px frame matplotlib draws over
+    # each image's edge
+    cells = framed_images(iio.imread(tmp_path / "den.png"), 28)
+    assert sorted(cells) == [(i, j) for i in range(4) for j in range(6)]
+    pipe = Pipeline.from_checkpoint(run_dir)
+    traj = pipe.trajectory(pipe.labels(4, 2), sampler="ddim", steps=5, seed=0)  # the CLI's defaults: w = 1, seed 0
+    shown = lambda x: to_uint8(x)[..., 0].numpy().astype(int)[:, 1:-1, 1:-1]  # noqa: E731
+    for j, (x_t, x0) in enumerate(zip([*traj.x[:5], traj.x[5]], [*traj.x0, traj.x[5]])):
+        for i in range(2):
+            np.testing.assert_allclose(cells[2 * i, j][1:-1, 1:-1], shown(x_t)[i], atol=2, err_msg=f"x_t {i}, {j}")
+            np.testing.assert_allclose(cells[2 * i + 1, j][1:-1, 1:-1], shown(x0)[i], atol=2, err_msg=f"x_0 {i}, {j}")
+    for i in range(2):
+        np.testing.assert_allclose(cells[2 * i, 5][1:-1, 1:-1], sampled[i, 1:-1, 1:-1], atol=2)
+        np.testing.assert_allclose(cells[2 * i + 1, 5][1:-1, 1:-1], sampled[i, 1:-1, 1:-1], atol=2)
+    # neighbouring columns differ, so a frame shown in the wrong column fails the checks above
+    for j in range(5):
+        assert (np.abs(cells[0, j] - cells[0, j + 1])[1:-1, 1:-1] > 2).mean() > 0.01
 
 
 def test_trajectory_ends_on_the_same_image_as_sample(run_dir):
