@@ -22,7 +22,7 @@ def interval_denoiser(pipe: Pipeline, t_lo: int, t_hi: int):
     """pipe.denoiser with guidance only where t_lo <= t <= t_hi; elsewhere conditional (w = 0). Every sampler calls
     the denoiser with one t for the whole batch, so the choice is made per step."""
     def denoiser(labels, w=None, max_sigma=None):  # max_sigma: the engine's upper end, replaced by [t_lo, t_hi]
-        w = pipe.default_w if w is None else w
+        w = pipe.plan(w=w).w
         make = lambda weight: guided_denoiser(pipe.model, pipe.formulation, labels.to(pipe.device),  # noqa: E731
                                               null_class=pipe.null_class, w=weight)
         guided, plain = make(w), make(0.0)
@@ -54,10 +54,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     pipe = Pipeline.from_checkpoint(args.checkpoint, device=pick_device(args.device))
-    weights = [pipe.default_w] if args.w is None else [float(v) for v in args.w.split(",")]
+    weights = [pipe.plan().w] if args.w is None else [float(v) for v in args.w.split(",")]
     labels = pipe.labels("all", args.n)  # what `tinydiff eval` samples: the classes in turn
-    sampler = pipe.describe_sampler(args.sampler, args.steps)
-    print(f"{args.checkpoint}, {sampler} over t = {pipe.timesteps(pipe.sigmas(args.sampler, args.steps))}, N = {args.n}", flush=True)
+    sampler = pipe.plan(args.sampler, args.steps).label
+    print(f"{args.checkpoint}, {sampler} over t = {list(pipe.plan(args.sampler, args.steps).timesteps)}, N = {args.n}", flush=True)
     rows = []
     for w in weights:
         for text in args.intervals.split(","):

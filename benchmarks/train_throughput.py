@@ -12,7 +12,6 @@ import torch
 from tinydiff_cli.config import available_presets, load_config
 from tinydiff_cli.diffusion.loss import diffusion_loss
 from tinydiff_cli.models import build_model
-from tinydiff_cli.pipeline import formulation_of
 
 
 def measure(preset: str, steps: int, warmup: int = 2, overrides: list[str] | None = None) -> tuple[int, int, float]:
@@ -20,7 +19,7 @@ def measure(preset: str, steps: int, warmup: int = 2, overrides: list[str] | Non
     # the preset's own image shape (data.image_size, data.channels), else MNIST's 28x28 grey
     size, channels = cfg.data.image_size or 28, cfg.data.channels or 1
     model = build_model(cfg.model, image_size=size, in_channels=channels)
-    formulation = formulation_of(cfg)
+    formulation = cfg.diffusion.formulation()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = cfg.train.batch_size
     parameters = sum(p.numel() for p in model.parameters())

@@ -30,8 +30,9 @@ def make_denoiser(pipe: Pipeline, variant: str, percentile: float):
     """pipe.denoiser with the x_0 step chosen: "clip" (what the engine does), "none" or "dynamic". Built on the
     engine's own guided_denoiser, so guidance (two passes, or a distilled student's w input) is the engine's."""
     def denoiser(labels: torch.Tensor, w: float | None = None, max_sigma: float | None = None):
-        w = pipe.default_w if w is None else w
-        max_sigma = pipe.max_sigma if max_sigma is None else max_sigma
+        if w is None or max_sigma is None:
+            own = pipe.plan(w=w, max_sigma=max_sigma)
+            w, max_sigma = own.w, own.max_sigma
         engine = guided_denoiser(pipe.model, pipe.formulation, labels.to(pipe.device), null_class=pipe.null_class,
                                  w=w, clip_x0=variant == "clip", max_sigma=max_sigma)
         if variant != "dynamic":
@@ -56,7 +57,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     pipe = Pipeline.from_checkpoint(args.checkpoint, device=pick_device(args.device))
-    w = pipe.default_w if args.w is None else args.w
+    w = pipe.plan(w=args.w).w
     labels = pipe.labels("all", args.n)  # what `tinydiff eval` samples: the classes in turn
     rows = []
     for variant in args.variants.split(","):
@@ -65,12 +66,12 @@ def main() -> None:
         pipe.denoiser = make_denoiser(pipe, variant, args.percentile)  # this instance only
         images = pipe.sample(labels, sampler=args.sampler, steps=args.steps, w=w, seed=0)
         npz = args.out / (f"{variant}{args.percentile:g}" if variant == "dynamic" else variant)
-        npz = npz.with_name(f"{npz.name}-{pipe.describe_sampler(args.sampler, args.steps)}-w{w:g}-n{args.n}.npz")
+        npz = npz.with_name(f"{npz.name}-{pipe.plan(args.sampler, args.steps).label}-w{w:g}-n{args.n}.npz")
         score = score_images(images, labels, npz, pipe.checkpoint.config.data.dataset, args.data_dir)
         rows.append((variant, score["fid"], score["fid_real_floor"], score["class_accuracy"]))
         print(f"{variant}: FID {score['fid']:.3f} (floor {score['fid_real_floor']:.3f}), "
               f"class accuracy {score['class_accuracy']:.2%}", flush=True)
-    sampler = pipe.describe_sampler(args.sampler, args.steps)
+    sampler = pipe.plan(args.sampler, args.steps).label
     print(f"\n{args.checkpoint}, {sampler}, w = {w:g}, N = {args.n}\n\n| x_0 | FID | floor | class accuracy |\n|---|---|---|---|")
     for variant, fid, floor, accuracy in rows:
         print(f"| {variant} | {fid:.2f} | {floor:.2f} | {accuracy:.1%} |")

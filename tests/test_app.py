@@ -107,12 +107,13 @@ def test_generate_with_each_kind_of_sampler_at_the_w_it_is_given(runs):
             expected = pipe.sample(torch.tensor([7]), sampler=sampler, steps=steps, eta=eta, w=w, seed=5)
             torch.testing.assert_close(traj.x[-1], expected, rtol=0, atol=1e-6)
             ends[w] = traj.x[-1]
+            assert traj.sampler == pipe.plan(sampler, steps, eta=eta, w=w).description  # what the page shows
         assert not torch.equal(ends[0.0], ends[2.0]), sampler  # w reaches the model
     unconditional = logic.generate(pipe, label=None, sampler="ddim", steps=4, eta=0.0, w=2.0, seed=5)
     torch.testing.assert_close(unconditional.x[-1], pipe.sample(pipe.labels("none", 1), sampler="ddim", steps=4,
                                                                 w=0.0, seed=5), rtol=0, atol=1e-6)  # no w without a class
-    assert pipe.describe_sampler("ddpm", None, 0.0) == "DDPM-50"
-    assert pipe.describe_sampler("ddim", 7, 0.5) == "DDIM-7 (eta=0.5)"
+    assert pipe.plan("ddpm", None, eta=0.0).description == "DDPM-50"
+    assert pipe.plan("ddim", 7, eta=0.5).description == "DDIM-7 (eta=0.5)"
 
 
 def test_a_distilled_model_samples_with_its_own_steps_in_the_app(tiny_run, monkeypatch, tmp_path):

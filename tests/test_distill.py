@@ -170,7 +170,7 @@ def test_distill_then_sample_and_export_end_to_end(tiny_run, tmp_path):
     assert (out / "stage1.json").exists() and (out / "samples" / "stage2_ddim1.png").exists()
 
     pipe = Pipeline.from_checkpoint(out)
-    assert pipe.takes_w and pipe.describe_sampler() == "distilled DDIM-1"
+    assert pipe.takes_w and pipe.plan().label == "distilled DDIM-1"
 
     result = runner.invoke(app, ["sample", "--checkpoint", str(out), "--n", "4", "--out", str(tmp_path / "s.png"),
                                  "--device", "cpu", "--w", "1"])

@@ -7,7 +7,8 @@ import torch
 
 from tinydiff_cli.checkpoint import DataInfo
 from tinydiff_cli.config import Config, TrainConfig
-from tinydiff_cli.pipeline import Pipeline, default_guidance, labels_for
+from tinydiff_cli.pipeline import Pipeline, labels_for
+from tinydiff_cli.sampling.plan import SamplingRequest, plan_sampling
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def test_holds_what_sampling_needs(pipe, tiny_run):
     assert pipe.class_names == tuple(str(i) for i in range(10)) and pipe.null_class == 10
     assert pipe.image_shape == (1, 28, 28) and pipe.device == torch.device("cpu")
     assert pipe.checkpoint.step == 8 and not pipe.model.training
-    assert pipe.describe_sampler("ddim", 5) == "DDIM-5" and pipe.describe_sampler("ddpm") == "DDPM-50"
+    assert pipe.plan("ddim", 5).label == "DDIM-5" and pipe.plan("ddpm").label == "DDPM-50"
     with pytest.raises(ValueError, match="weights must be 'ema' or 'raw'"):
         Pipeline.from_checkpoint(tiny_run[0], weights="best")
 
@@ -124,7 +125,8 @@ def test_every_registered_sampler_runs_through_sample_as_its_paper_says(pipe):
         seen = []
         images = pipe.sample(labels, sampler=name, steps=steps, w=1.0, seed=1,
                              callback=lambda info: seen.append(info["sigma"]))
-        assert pipe.timesteps(torch.tensor(seen + [0.0])) == grid, name
+        plan = pipe.plan(name, steps)
+        assert plan.timesteps == tuple(grid) and plan.sigmas[:-1].tolist() == pytest.approx(seen), name
         generator = torch.Generator().manual_seed(1)  # the initial noise first, then (DDPM) each step's
         x = torch.randn((3, 1, 28, 28), generator=generator).double()
         expected = reference(vp_denoiser(pipe, labels, 1.0), x, alpha_bar, grid,
@@ -165,10 +167,10 @@ def test_the_default_sampler_is_the_measured_one_and_the_cli_says_so(pipe):
     from tinydiff_cli.cli import SamplerOption, StepsOption
     from tinydiff_cli.diffusion.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS
 
-    assert pipe.sampling() == (DEFAULT_SAMPLER, DEFAULT_STEPS)
-    assert pipe.sampling("ddim") == ("ddim", None)  # a named sampler without steps walks all T
-    assert pipe.sampling(steps=4) == (DEFAULT_SAMPLER, 4)
-    assert len(pipe.sigmas()) == DEFAULT_STEPS + 1 and len(pipe.sigmas("ddpm")) == pipe.T + 1
+    plan = lambda *a, **k: (pipe.plan(*a, **k).sampler, pipe.plan(*a, **k).steps)  # noqa: E731
+    assert plan() == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert plan("ddim") == ("ddim", pipe.T)  # a named sampler without steps walks all T
+    assert plan(steps=4) == (DEFAULT_SAMPLER, 4) and plan("ddpm") == ("ddpm", pipe.T)
     assert f"{DEFAULT_SAMPLER} with {DEFAULT_STEPS} steps" in typing.get_args(SamplerOption)[1].help
     assert f"default: {DEFAULT_STEPS} without --sampler" in typing.get_args(StepsOption)[1].help
 
@@ -176,7 +178,7 @@ def test_the_default_sampler_is_the_measured_one_and_the_cli_says_so(pipe):
 def test_default_guidance_is_the_models_sample_w_inside_a_students_range(pipe):
     from tinydiff_cli.checkpoint import DistillInfo
 
-    assert pipe.default_w == pipe.checkpoint.config.train.sample_w == 1.0
+    assert pipe.plan().w == pipe.checkpoint.config.train.sample_w == 1.0
     labels = pipe.labels("all", 4)  # without w, sample and trajectory guide at the model's own weight, as the CLI does
     unset = pipe.sample(labels, steps=2, seed=1)
     torch.testing.assert_close(unset, pipe.sample(labels, steps=2, seed=1, w=1.0))
@@ -186,22 +188,24 @@ def test_default_guidance_is_the_models_sample_w_inside_a_students_range(pipe):
     torch.testing.assert_close(pipe.denoiser(labels)(x, sigma), pipe.denoiser(labels, 1.0)(x, sigma))
     config = pipe.checkpoint.config  # a pipeline around a model in memory takes its w from the config it is given
     config = replace(config, train=replace(config.train, sample_w=2.5))
-    assert Pipeline.from_model(pipe.model, config, pipe.checkpoint.data).default_w == 2.5
-    assert default_guidance(Config(train=TrainConfig(sample_w=2.5))) == 2.5
-    assert default_guidance(Config(train=TrainConfig(sample_w=2.5)), DistillInfo("ddim", 2, 0.0, 2.0)) == 2.0
-    assert default_guidance(Config(train=TrainConfig(sample_w=0.5)), DistillInfo("ddim", 2, 1.0, 2.0)) == 1.0
+    assert Pipeline.from_model(pipe.model, config, pipe.checkpoint.data).plan().w == 2.5
+    w_of = lambda sample_w, distilled=None: plan_sampling(  # noqa: E731
+        pipe.formulation, Config(train=TrainConfig(sample_w=sample_w)), distilled, SamplingRequest()).w
+    assert w_of(2.5) == 2.5
+    assert w_of(2.5, DistillInfo("dpm++2m", 10, 0.0, 2.0)) == 2.0 and w_of(0.5, DistillInfo("dpm++2m", 10, 1.0, 2.0)) == 1.0
 
 
 def test_a_guidance_interval_guides_the_low_noise_steps_and_counts_its_passes(pipe):
-    labels, grid = pipe.labels("all", 4), pipe.sigmas(steps=5)
-    sigmas = grid[:-1].tolist()  # falling along the grid
+    labels, plan = pipe.labels("all", 4), pipe.plan(steps=5, w=1.0)
+    sigmas = plan.sigmas[:-1].tolist()  # falling along the grid
     max_sigma = (sigmas[2] + sigmas[3]) / 2  # the last two of five steps are guided
-    assert pipe.max_sigma == math.inf  # no interval unless the config sets one
-    assert pipe.network_evaluations(labels, 1.0, "dpm++2m", grid) == 10
-    assert pipe.network_evaluations(labels, 1.0, "heun", grid) == 18  # 2 * (2 * 5 - 1)
-    guided_only_at = lambda m: replace(pipe, w_max_sigma=m).sample(labels, steps=5, w=1.0, seed=1)  # noqa: E731
-    assert replace(pipe, w_max_sigma=max_sigma).network_evaluations(labels, 1.0, "ddim", grid) == 5 + 2
-    assert replace(pipe, w_max_sigma=max_sigma).network_evaluations(labels, 0.0, "ddim", grid) == 5
+    assert plan.max_sigma == math.inf and plan.guidance == "w=1"  # no interval unless the config sets one
+    assert pipe.network_evaluations(labels, plan) == 10
+    assert pipe.network_evaluations(labels, pipe.plan("heun", 5, w=1.0)) == 18  # 2 * (2 * 5 - 1)
+    guided_only_at = lambda m: pipe.sample(labels, steps=5, w=1.0, max_sigma=m, seed=1)  # noqa: E731
+    inside = pipe.plan("ddim", 5, w=1.0, max_sigma=max_sigma)
+    assert pipe.network_evaluations(labels, inside) == 5 + 2 and inside.guidance == f"w=1 at sigma <= {max_sigma:g}"
+    assert pipe.network_evaluations(labels, pipe.plan("ddim", 5, w=0.0, max_sigma=max_sigma)) == 5
     interval = guided_only_at(max_sigma)
     assert not torch.equal(interval, pipe.sample(labels, steps=5, w=1.0, seed=1))
     assert not torch.equal(interval, pipe.sample(labels, steps=5, w=0.0, seed=1))
@@ -210,5 +214,5 @@ def test_a_guidance_interval_guides_the_low_noise_steps_and_counts_its_passes(pi
     config = pipe.checkpoint.config  # a model's own interval comes from its config
     config = replace(config, train=replace(config.train, sample_w_max_sigma=max_sigma))
     own = Pipeline.from_model(pipe.model, config, pipe.checkpoint.data)
-    assert own.max_sigma == max_sigma
+    assert own.plan().max_sigma == max_sigma
     torch.testing.assert_close(own.sample(labels, steps=5, w=1.0, seed=1), interval)

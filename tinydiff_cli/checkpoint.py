@@ -48,18 +48,6 @@ class DistillInfo:
         return {"sampler": self.sampler, "steps": self.steps, "w_min": self.w_min, "w_max": self.w_max,
                 "teacher": self.teacher}
 
-    def check(self, sampler: str, steps: int | None, w: float, eta: float | None = None) -> None:
-        """A TinydiffError unless (sampler, steps, w, eta) is what the student was distilled for (deterministic
-        steps: eta 0)."""
-        if sampler != self.sampler or steps != self.steps or eta:
-            teacher = f" ({self.teacher})" if self.teacher else ""
-            plural = "s" if self.steps > 1 else ""
-            raise TinydiffError(f"this model was distilled to sample with deterministic {self.sampler} in {self.steps} "
-                                f"step{plural}; leave out the sampler flags (--sampler, --steps, --ddim, --eta), or "
-                                f"sample its teacher{teacher} for other samplers and step counts")
-        if not self.w_min <= w <= self.w_max:
-            raise TinydiffError(f"this model learned guidance weights w in [{self.w_min:g}, {self.w_max:g}]; got --w {w:g}")
-
 
 @dataclass
 class Checkpoint:

@@ -8,15 +8,15 @@ import torch
 
 from .data import to_uint8
 from .pipeline import Pipeline
+from .sampling.plan import SamplingPlan
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One entry of a comparison: a pipeline and how to sample it (None: its default, a distilled student's own)."""
+class Entry:
+    """One entry of a comparison: a pipeline and its sampling plan (sampling/plan.py)."""
 
     pipe: Pipeline
-    sampler: str | None = None
-    steps: int | None = None
+    plan: SamplingPlan
 
 
 @dataclass
@@ -39,24 +39,19 @@ class SamplerRun:
         return self.name.rsplit("-", 1)[0]
 
 
-def compare_samplers(plans: list[Plan], labels: torch.Tensor, *, w: float, scorer=None, on_start=None,
-                     **sample_kwargs) -> list[SamplerRun]:
-    """Runs each plan in order with the same labels, w and `sample_kwargs` (eta, seed, batch_size), so every run
-    starts from the same seeded noise; scores each with `scorer` when given. w has no default: the plans' models
-    may each have their own, and a comparison is at one weight."""
+def compare_samplers(entries: list[Entry], labels: torch.Tensor, *, seed: int = 0, batch_size: int | None = None,
+                     scorer=None, on_start=None) -> list[SamplerRun]:
+    """Runs each entry in order with the same labels and seed, so every run starts from the same seeded noise; scores
+    each with `scorer` when given. The plans carry w: a comparison is at one weight, which the caller puts in each."""
     runs = []
-    for plan in plans:
-        pipe = plan.pipe
-        sampler, steps = pipe.sampling(plan.sampler, plan.steps, w)
-        name = pipe.describe_sampler(sampler, steps)
+    for entry in entries:
+        pipe, plan = entry.pipe, entry.plan
         if on_start is not None:
-            on_start(name)
+            on_start(plan.label)
         start = time.perf_counter()
-        images = pipe.sample(labels, sampler=sampler, steps=steps, w=w, **sample_kwargs)
+        images = pipe.sample(labels, plan, seed=seed, batch_size=batch_size)
         seconds = time.perf_counter() - start
-        sigmas = pipe.sigmas(sampler, steps)
-        evaluations = pipe.network_evaluations(labels, w, sampler, sigmas)
-        run = SamplerRun(name, sampler, len(sigmas) - 1, evaluations, images, seconds)
+        run = SamplerRun(plan.label, plan.sampler, plan.steps, pipe.network_evaluations(labels, plan), images, seconds)
         if scorer is not None:
             run.score = scorer.score(to_uint8(images), labels)
         runs.append(run)

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .errors import TinydiffError
-from .diffusion.formulations import OBJECTIVES, DiscreteVP
+from .diffusion.formulations import OBJECTIVES, DiscreteVP, Formulation, make_formulation
 from .diffusion.schedules import SCHEDULES
 
 
@@ -54,6 +54,11 @@ class DiffusionConfig:
     # ~ N(mean, std^2) (None: 0, 1)
     noise_mean: Optional[float] = None
     noise_std: Optional[float] = None
+
+    def formulation(self) -> Formulation:
+        """The formulation this section names (formulations.FORMULATIONS), on CPU."""
+        return make_formulation(self.objective, schedule=self.schedule, timesteps=self.timesteps,
+                                sigma_data=self.sigma_data, noise_mean=self.noise_mean, noise_std=self.noise_std)
 
 
 DISCRETE_OBJECTIVES = DiscreteVP.TARGETS  # trained on the discrete schedule; edm and flow are continuous

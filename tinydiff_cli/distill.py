@@ -42,6 +42,7 @@ from .images import save_grid
 from .loop import Budget, Loop, LoopPlan, LRSchedule, stop_on_signals
 from .models import build_model
 from .pipeline import Pipeline, make_generator
+from .sampling.plan import plan_sampling
 from .train_log import PrintReporter
 
 STUDENT_OBJECTIVE = "v"
@@ -185,6 +186,7 @@ class Distiller:
         else:
             student, self.config = copy.deepcopy(teacher_model), teacher_config
         self.teacher = Pipeline.from_model(teacher_model.eval().requires_grad_(False), teacher_config, self.data)
+        self.teacher_max_sigma = self.teacher.plan().max_sigma  # the teacher's guidance interval, learned too
         self.student = student.train().requires_grad_(True)
         self.ema = EMA(self.student, self.settings.ema_decay, warmup=10)
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.settings.lr, weight_decay=0.0)
@@ -238,7 +240,7 @@ class Distiller:
         student = self.pipeline.formulation
         with torch.no_grad():
             teacher = guided_denoiser(self.teacher.model, self.teacher.formulation, labels,
-                                      null_class=self.data.num_classes, w=w, max_sigma=self.teacher.max_sigma)
+                                      null_class=self.data.num_classes, w=w, max_sigma=self.teacher_max_sigma)
             if self.stage.kind == "guidance":
                 x0_target = teacher(x, sigma)
             else:
@@ -311,10 +313,16 @@ class Distiller:
         self.save("last")
 
     def preview(self, path: Path) -> Path:
-        w = min(max(self.config.train.sample_w, self.settings.w_min), self.settings.w_max)  # the teacher's own w
+        """The student as `tinydiff sample` will draw it once saved: its stage's plan, at its own w."""
+        plan = plan_sampling(self.pipeline.formulation, self.config, self.distill_info(self.stage.steps))
         labels = self.pipeline.labels("all", 4 * self.pipeline.grid_columns)
-        images = self.pipeline.sample(labels, sampler="ddim", steps=self.stage.steps, w=w, seed=self.settings.seed)
+        images = self.pipeline.sample(labels, plan, seed=self.settings.seed)
         return save_grid(images, path, ncols=self.pipeline.grid_columns)
+
+    def distill_info(self, steps: int) -> DistillInfo:
+        """What a student of `steps` DDIM steps was distilled for (the checkpoint's "distilled" entry)."""
+        return DistillInfo("ddim", steps, self.settings.w_min, self.settings.w_max,
+                           str(self.teacher_checkpoint.json_path.resolve()))
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save(self, name: str, final: bool = False) -> Path:
@@ -327,8 +335,7 @@ class Distiller:
                     "resumable": resumable, "settings": dataclasses.asdict(self.settings), "data_dir": self.data_dir,
                     "stages": [dataclasses.asdict(st) for st in self.stages]}
         steps = self.stages[min(self.stage_index, len(self.stages) - 1)].steps
-        distilled = DistillInfo("ddim", steps, self.settings.w_min, self.settings.w_max,
-                                str(self.teacher_checkpoint.json_path.resolve()))
+        distilled = self.distill_info(steps)
         tensors = (self.state.tensors() if resumable
                    else {f"ema.{k}": v for k, v in self.ema.ema_model.state_dict().items()})
         extra = {"tinydiff_version": __version__, "elapsed_s": sum(self.stage_elapsed), "data": self.data.to_meta(),

@@ -4,7 +4,9 @@
     pipe = Pipeline.from_checkpoint("runs/unet-small")
     images = pipe.sample(pipe.labels("all", 10), sampler="ddim", steps=10, w=1.0)   # float (10, 1, 28, 28) in [-1, 1]
     images = pipe.sample(pipe.labels("all", 10))   # the defaults: sampling.DEFAULT_SAMPLER (or a distilled student's
-                                                   # own sampler and steps) at the model's own w (pipe.default_w)
+                                                   # own sampler and steps) at the model's own w (pipe.plan().w)
+    plan = pipe.plan(sampler="ddim", steps=10)     # decided once (sampling/plan.py), then used as it is:
+    images, evals = pipe.sample(labels, plan), pipe.network_evaluations(labels, plan)
 """
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ from torch import nn
 
 from .checkpoint import Checkpoint, DataInfo, DistillInfo, load_checkpoint, load_model
 from .config import Config
-from .diffusion.formulations import Formulation, make_formulation
+from .diffusion.formulations import Formulation
 from .diffusion.guidance import Denoiser, guided_denoiser, passes_per_step
-from .diffusion.sampling import (DEFAULT_SAMPLER, DEFAULT_STEPS, check_sampler, evaluation_sigmas, sampler_label,
-                                 sampler_options, sampling_sigmas)
+from .diffusion.sampling import check_sampler, evaluation_sigmas
 from .diffusion.schedules import Schedule
+from .sampling.plan import SamplingPlan, SamplingRequest, plan_sampling
 
 
 def default_batch_size(device) -> int:
@@ -46,42 +48,6 @@ def labels_for(choice: str | int | None, n: int, num_classes: int = 10) -> torch
     return torch.full((n,), int(choice), dtype=torch.long)
 
 
-def resolve_sampling(distilled: DistillInfo | None, sampler: str | None, steps: int | None, w: float,
-                     eta: float | None = None, T: int | None = None) -> tuple[str, int | None]:
-    """(sampler, steps) to use when asked for `sampler` and `steps`, None meaning "the default": a distilled
-    student's own, else sampling.DEFAULT_SAMPLER with DEFAULT_STEPS (at most T, for a discrete schedule). A sampler
-    named without steps takes all T (sampling.sampling_sigmas; T None: a continuous formulation). A distilled student refuses other samplers and step counts, eta != 0 and a w outside its range
-    (TinydiffError)."""
-    if distilled is not None:
-        chosen = (sampler or distilled.sampler, steps or distilled.steps)
-        distilled.check(*chosen, w, eta)
-        return chosen
-    if sampler is None:
-        return DEFAULT_SAMPLER, steps or min(DEFAULT_STEPS, T or DEFAULT_STEPS)
-    return sampler, steps
-
-
-def default_guidance(config: Config, distilled: DistillInfo | None = None) -> float:
-    """The guidance weight to sample with when none is given: the model's train.sample_w (each preset's measured best;
-    see the README's "Why these defaults"), moved inside the w range a distilled student learned."""
-    w = config.train.sample_w
-    return min(max(w, distilled.w_min), distilled.w_max) if distilled is not None else w
-
-
-def default_max_sigma(config: Config) -> float:
-    """The noise level up to which guidance applies when none is given: the model's train.sample_w_max_sigma
-    (inf, every step, when it has none; see guidance.weight_in_interval)."""
-    max_sigma = config.train.sample_w_max_sigma
-    return math.inf if max_sigma is None else max_sigma
-
-
-def formulation_of(config: Config) -> Formulation:
-    """The formulation a config's diffusion section names (formulations.FORMULATIONS)."""
-    d = config.diffusion
-    return make_formulation(d.objective, schedule=d.schedule, timesteps=d.timesteps, sigma_data=d.sigma_data,
-                            noise_mean=d.noise_mean, noise_std=d.noise_std)
-
-
 @dataclass
 class Trajectory:
     """The reverse process, step by step: x[0] is the initial noise, x[i + 1] and x0[i] come from step i. The frames
@@ -92,6 +58,7 @@ class Trajectory:
     x: torch.Tensor  # (steps + 1, N, C, H, W), CPU
     x0: torch.Tensor  # (steps, N, C, H, W), CPU
     seconds: float
+    sampler: str = ""  # how it was drawn: the plan's description, 'DDIM-10 (eta=0)'
 
     @property
     def steps(self) -> int:
@@ -123,13 +90,12 @@ class Pipeline:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width)
     checkpoint: Checkpoint | None = None  # where it was loaded from, if it was
     config: Config | None = None  # the model's config (the checkpoint's, or the one given to from_model)
-    w_max_sigma: float | None = None  # guide only at sigma_t <= this (None: the config's; inf: every step)
 
     @classmethod
     def from_model(cls, model: nn.Module, config: Config, data: DataInfo, checkpoint: Checkpoint | None = None) -> "Pipeline":
         """A pipeline around a model in memory (training previews use the EMA copy this way)."""
         device = next(model.parameters()).device
-        return cls(model, formulation_of(config).to(device), data.class_names, (data.channels, data.image_size, data.image_size), checkpoint, config)
+        return cls(model, config.diffusion.formulation().to(device), data.class_names, (data.channels, data.image_size, data.image_size), checkpoint, config)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Checkpoint, *, device="cpu", weights: str = "ema") -> "Pipeline":
@@ -179,27 +145,16 @@ class Pipeline:
         return self.config or (self.checkpoint.config if self.checkpoint else Config())
 
     @property
-    def default_w(self) -> float:
-        """The guidance weight this model samples with by default (see `default_guidance`)."""
-        return default_guidance(self.model_config, self.distilled)
-
-    @property
-    def max_sigma(self) -> float:
-        """Guidance applies at the steps with sigma_t up to this: `w_max_sigma` when set, else the model's own
-        (see `default_max_sigma`)."""
-        if self.w_max_sigma is not None:
-            return self.w_max_sigma
-        return default_max_sigma(self.model_config)
-
-    @property
     def takes_w(self) -> bool:
         """Whether the network takes the guidance weight as an input (a guidance-distilled student)."""
         return getattr(self.model, "guidance_emb", None) is not None
 
-    def sampling(self, sampler: str | None = None, steps: int | None = None, w: float | None = None,
-                 eta: float | None = None) -> tuple[str, int | None]:
-        """See `resolve_sampling`; w None is the model's own (`default_w`)."""
-        return resolve_sampling(self.distilled, sampler, steps, self.default_w if w is None else w, eta, self.T)
+    def plan(self, sampler: str | None = None, steps: int | None = None, *, eta: float = 0.0, w: float | None = None,
+             max_sigma: float | None = None) -> SamplingPlan:
+        """How to draw from this model (sampling/plan.py: `SamplingRequest` says what None means); every choice
+        checked against the registry, the model's T and what a distilled student was distilled for."""
+        return plan_sampling(self.formulation, self.model_config, self.distilled,
+                             SamplingRequest(sampler, steps, eta, w, max_sigma))
 
     def to(self, device) -> "Pipeline":
         """Move the model and the formulation's tables together."""
@@ -210,84 +165,67 @@ class Pipeline:
         """See `labels_for`: "all", a class index, or None/"none" for unconditional."""
         return labels_for(choice, n, self.num_classes)
 
-    def sigmas(self, sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
-        """The descending sigma grid `sampler` walks for this model, ending at 0 (see `sampling` and
-        sampling.sampling_sigmas)."""
-        sampler, steps = self.sampling(sampler, steps, self._any_w())
-        return sampling_sigmas(self.formulation, sampler, steps)
-
-    def timesteps(self, sigmas: torch.Tensor) -> list[int] | None:
-        """The t of each step of a grid, for a discrete schedule; None otherwise."""
-        if not self.formulation.discrete:
-            return None
-        return [round(t) for t in self.formulation.timestep(sigmas[:-1]).tolist()]
-
-    def _any_w(self) -> float:
-        return self.distilled.w_min if self.distilled is not None else 0.0  # for questions that do not involve w
-
-    def describe_sampler(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> str:
-        """'DDIM-10' or 'DDPM-1000' for this model's T; with eta, 'DDIM-10 (eta=0)' for samplers that take it;
-        'distilled DDIM-2' for a distilled student."""
-        sampler, steps = self.sampling(sampler, steps, self._any_w())
-        label = ("distilled " if self.distilled else "") + sampler_label(sampler, self.sigmas(sampler, steps))
-        return f"{label} (eta={eta:g})" if sampler_options(sampler, eta=eta) else label
-
     # ---- drawing ------------------------------------------------------------------------------------------
     def denoiser(self, labels: torch.Tensor, w: float | None = None, max_sigma: float | None = None) -> Denoiser:
         """D(x; sigma) -> x_0 for `labels`, with classifier-free guidance of weight w at the noise levels sigma up to
-        max_sigma (None: `default_w`, `max_sigma`)."""
+        max_sigma (None: the model's own, as `plan` decides them). `sample` and `trajectory` draw through this, so
+        a benchmark may replace it on one instance to try another denoiser."""
+        if w is None or max_sigma is None:
+            plan = self.plan(w=w, max_sigma=max_sigma)
+            w, max_sigma = plan.w, plan.max_sigma
         return guided_denoiser(self.model, self.formulation, labels.to(self.device), null_class=self.null_class,
-                               w=self.default_w if w is None else w,
-                               max_sigma=self.max_sigma if max_sigma is None else max_sigma)
+                               w=w, max_sigma=max_sigma)
 
-    def network_evaluations(self, labels: torch.Tensor, w: float, sampler: str, sigmas: torch.Tensor) -> int:
-        """Network evaluations per image when `sampler` walks `sigmas`: 2 per denoiser call under classifier-free
-        guidance, 1 at the noise levels above the guidance interval, `max_sigma` (see guidance.passes_per_step and
+    def network_evaluations(self, labels: torch.Tensor, plan: SamplingPlan) -> int:
+        """Network evaluations per image under `plan`: 2 per denoiser call under classifier-free guidance, 1 at the
+        noise levels above the guidance interval, plan.max_sigma (see guidance.passes_per_step and
         weight_in_interval)."""
-        calls = evaluation_sigmas(sampler, sigmas)
-        passes, max_sigma = passes_per_step(self.model, labels, null_class=self.null_class, w=w), self.max_sigma
-        if passes == 1 or max_sigma == math.inf or self.takes_w:
+        calls = evaluation_sigmas(plan.sampler, plan.sigmas)
+        passes = passes_per_step(self.model, labels, null_class=self.null_class, w=plan.w)
+        if passes == 1 or plan.max_sigma == math.inf or self.takes_w:
             return passes * len(calls)
-        return len(calls) + int((calls <= max_sigma).sum())
+        return len(calls) + int((calls <= plan.max_sigma).sum())
 
     def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Noise at the grid's first sigma, of the formulation's prior_std (N(0, I) as a VP model sees it)."""
         return torch.randn((n, *self.image_shape), device=self.device, generator=generator) * self.formulation.prior_std()
 
-    def _run(self, labels, x, *, sampler, sigmas, eta, w, generator, callback):
-        return check_sampler(sampler)(self.denoiser(labels, w), x, sigmas, generator=generator,
-                                      callback=callback, **sampler_options(sampler, eta=eta))
+    def _run(self, labels: torch.Tensor, x: torch.Tensor, plan: SamplingPlan, generator, callback) -> torch.Tensor:
+        return check_sampler(plan.sampler)(self.denoiser(labels, plan.w, plan.max_sigma), x, plan.sigmas.to(self.device), generator=generator,
+                                           callback=callback, **plan.options())
+
+    def _plan(self, plan: SamplingPlan | None, request: dict) -> SamplingPlan:
+        if plan is not None and request:
+            raise TypeError(f"give a plan or the keywords of Pipeline.plan, not both (got {', '.join(request)})")
+        return plan if plan is not None else self.plan(**request)
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-               eta: float | None = None, w: float | None = None, seed: int = 0, batch_size: int | None = None,
-               callback=None) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, plan: SamplingPlan | None = None, *, seed: int = 0,
+               batch_size: int | None = None, callback=None, **request) -> torch.Tensor:
         """Samples for `labels` in batches: float (N, C, H, W) in [-1, 1], on CPU.
 
-        sampler and steps as in `sampling` (None: the default; a sampler without steps: all T). eta goes to the
-        samplers that take it (DDIM). w is the guidance weight, applied at the steps with sigma_t <= `max_sigma`; None
-        is the model's own (`default_w`), as in the CLI.
+        `plan` says how (see `plan`); without one, the keywords of `plan` make it: sampler and steps (None: the
+        default; a sampler without steps: all T), eta for the samplers that take it (DDIM), the guidance weight w
+        and its interval max_sigma (None: the model's own, as in the CLI).
         All initial noise is drawn first from the seeded generator, so every sampler run with the same seed starts
         from the same noise, whatever the batch size. `callback` gets each step's dict (see samplers).
         """
-        sampler, steps = self.sampling(sampler, steps, w, eta)
-        sigmas = self.sigmas(sampler, steps)
+        plan = self._plan(plan, request)
         batch_size = batch_size or default_batch_size(self.device)
         generator = make_generator(seed, self.device)
         noise = self.initial_noise(labels.shape[0], generator)
         out = []
         for start in range(0, labels.shape[0], batch_size):
             stop = start + batch_size
-            out.append(self._run(labels[start:stop], noise[start:stop], sampler=sampler, sigmas=sigmas, eta=eta,
-                                 w=w, generator=generator, callback=callback).cpu())
+            out.append(self._run(labels[start:stop], noise[start:stop], plan, generator, callback).cpu())
         return torch.cat(out)
 
     @torch.no_grad()
-    def trajectory(self, labels: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-                   eta: float | None = None, w: float | None = None, seed: int = 0) -> Trajectory:
+    def trajectory(self, labels: torch.Tensor, plan: SamplingPlan | None = None, *, seed: int = 0,
+                   **request) -> Trajectory:
         """Sample one batch and keep every step; its last frame equals `sample` with the same arguments."""
-        sampler, steps = self.sampling(sampler, steps, w, eta)
-        sigmas = self.sigmas(sampler, steps)
+        plan = self._plan(plan, request)
+        sigmas = plan.sigmas
         generator = make_generator(seed, self.device)
         x = self.initial_noise(labels.shape[0], generator)
         vp_view = lambda x, sigma: (x * (1 + sigma**2) ** -0.5).cpu()  # noqa: E731
@@ -298,7 +236,8 @@ class Pipeline:
             predictions.append(info["x0"].cpu())
 
         start = time.perf_counter()
-        self._run(labels, x, sampler=sampler, sigmas=sigmas, eta=eta, w=w, generator=generator, callback=record)
+        self._run(labels, x, plan, generator, record)
         seconds = time.perf_counter() - start
-        return Trajectory(sigmas[:-1].tolist(), self.timesteps(sigmas), torch.stack(frames), torch.stack(predictions),
-                          seconds)
+        timesteps = None if plan.timesteps is None else list(plan.timesteps)
+        return Trajectory(sigmas[:-1].tolist(), timesteps, torch.stack(frames), torch.stack(predictions),
+                          seconds, plan.description)

@@ -16,7 +16,7 @@ from ..data import to_uint8
 from ..errors import TinydiffError
 from ..images import encode_gif, trajectory_frames, upscale
 from ..pipeline import Pipeline, Trajectory
-from ..diffusion.sampling import FULL_GRID_ONLY, check_sampler, sampler_options
+from ..diffusion.sampling import FULL_GRID_ONLY, sampler_options
 from ..visualize import frames_with_result, pick_frames
 
 model_forward_calls = 0  # counts denoiser forwards in this process; the tests check that scrubbing adds none
@@ -82,13 +82,10 @@ def sampler_controls(sampler: str) -> tuple[bool, bool]:
 
 def generate(pipe: Pipeline, *, label: int | None, sampler: str, steps: int | None, eta: float, w: float,
              seed: int) -> Trajectory:
-    """One sample's whole trajectory. label None is unconditional; sampler is a name from samplers.SAMPLERS."""
-    try:
-        check_sampler(sampler)
-    except ValueError as e:
-        raise TinydiffError(str(e)) from None
+    """One sample's whole trajectory. label None is unconditional; sampler is a name from samplers.SAMPLERS. The
+    settings go through the one sampling plan (a TinydiffError says what is wrong with them)."""
     labels = torch.tensor([pipe.null_class if label is None else label])
-    return pipe.trajectory(labels, sampler=sampler, steps=steps, eta=eta, w=w, seed=seed)
+    return pipe.trajectory(labels, pipe.plan(sampler, steps, eta=eta, w=w), seed=seed)
 
 
 @dataclass

@@ -45,7 +45,7 @@ def sidebar(entries: list[logic.ModelEntry]):
             eta = st.slider("eta (0: deterministic, 1: DDPM-like noise)", 0.0, 1.0, 0.0, 0.1, key="eta") if takes_eta else 0.0
             if not takes_steps:
                 st.caption(f"{sampler.upper()} runs all T = {pipe.T} steps.")
-            w = st.slider("Guidance w", 0.0, 8.0, min(max(float(pipe.default_w), 0.0), 8.0), 0.25, help=GUIDANCE_HELP,
+            w = st.slider("Guidance w", 0.0, 8.0, min(max(pipe.plan().w, 0.0), 8.0), 0.25, help=GUIDANCE_HELP,
                           key="w")
         seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
         st.caption("w: " + GUIDANCE_HELP)
@@ -63,7 +63,7 @@ def distilled_controls(pipe: Pipeline):
                f"evaluation per step, w in [{d.w_min:g}, {d.w_max:g}].")
     w = d.w_min
     if d.w_max > d.w_min:
-        w = st.slider("Guidance w", d.w_min, d.w_max, float(pipe.default_w), 0.25, help=GUIDANCE_HELP,
+        w = st.slider("Guidance w", d.w_min, d.w_max, pipe.plan().w, 0.25, help=GUIDANCE_HELP,
                       key="w_distilled")
     return d.sampler, d.steps, 0.0, w
 
@@ -72,7 +72,7 @@ def generate(pipe: Pipeline, entry: logic.ModelEntry, settings: dict) -> None:
     with st.spinner("denoising ..."):
         traj = logic.generate(pipe, **settings)
     st.session_state.result = {"trajectory": traj, "frames": logic.render(traj), "settings": settings,
-                               "model": entry.label, "seconds": traj.seconds, "sampler": pipe.describe_sampler(settings["sampler"], settings["steps"], settings["eta"])}
+                               "model": entry.label, "seconds": traj.seconds, "sampler": traj.sampler}
     st.session_state.generations = st.session_state.get("generations", 0) + 1
     st.session_state.frame = traj.steps  # start the slider on the result
 

@@ -2,21 +2,19 @@
 expensive part, each with one clear line."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, find_latest_checkpoint, load_checkpoint
 from ..device import pick_device
 from ..errors import TinydiffError
-from ..diffusion.sampling import sampling_sigmas
-from ..pipeline import Pipeline, default_guidance, default_max_sigma, formulation_of, resolve_sampling
+from ..pipeline import Pipeline
+from ..sampling.plan import SamplingPlan, SamplingRequest, plan_sampling
 
 
 # More images than any measurement here needs (FID is quoted at 5,000-50,000); a larger --n is a typo, and would
 # hold gigabytes of images in memory before the first is written.
 MAX_IMAGES = 200_000
-MAX_STEPS = 10_000  # sampling steps of a continuous formulation (edm, flow), which has no T to bound them
 
 
 def check_at_most_max_images(n: int, flag: str = "--n") -> None:
@@ -26,11 +24,8 @@ def check_at_most_max_images(n: int, flag: str = "--n") -> None:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How to draw: a sampler from the registry and its steps (both None: the model's default, see
-    pipeline.resolve_sampling; a sampler without steps: all T), eta (for samplers that take it), the guidance weight
-    w (None: the model's own, pipeline.default_guidance) and the noise level sigma_t up to which it applies (None: the
-    model's own, pipeline.default_max_sigma; inf: every step), the seed and the images per forward batch (None: the
-    device's default)."""
+    """The sampling flags: the request for `plan_sampling` (sampler, steps, eta, w, w_max_sigma; None: the model's
+    own, see sampling/plan.py), the seed and the images per forward batch (None: the device's default)."""
 
     sampler: str | None = None
     steps: int | None = None
@@ -51,48 +46,21 @@ class SamplingOptions:
             return cls("ddim", ddim, eta, w, seed, batch_size, w_max_sigma, "--ddim")
         return cls(sampler, steps, eta, w, seed, batch_size, w_max_sigma)
 
-    def sample_kwargs(self) -> dict:
-        """Keyword arguments for Pipeline.sample."""
-        return {"sampler": self.sampler, "steps": self.steps, "eta": self.eta, "w": self.w, "seed": self.seed,
-                "batch_size": self.batch_size}
-
     @property
-    def guidance(self) -> str:
-        """'w=0.5', or 'w=0.5 at sigma <= 5.42' when guidance applies on an interval (after `resolve`)."""
-        interval = self.w_max_sigma is not None and self.w_max_sigma != math.inf and self.w
-        return f"w={self.w:g}" + (f" at sigma <= {self.w_max_sigma:g}" if interval else "")
+    def request(self) -> SamplingRequest:
+        return SamplingRequest(self.sampler, self.steps, self.eta, self.w, self.w_max_sigma, self.steps_flag)
 
-    def resolve(self, ckpt: Checkpoint) -> "SamplingOptions":
-        """These options with the checkpoint's defaults filled in, each checked against the registry, the model's T
-        and what a distilled model was distilled for, before anything is loaded."""
-        formulation = formulation_of(ckpt.config)
-        T = formulation.T if formulation.discrete else None
-        w = default_guidance(ckpt.config, ckpt.distilled) if self.w is None else self.w
-        if self.steps is not None and not 1 <= self.steps <= (T or MAX_STEPS):
-            limit = f"the model's T={T}" if T else f"{MAX_STEPS:,}"
-            raise TinydiffError(f"{self.steps_flag} must be between 1 and {limit}, got {self.steps}")
-        sampler, steps = resolve_sampling(ckpt.distilled, self.sampler, self.steps, w, self.eta, T)
-        try:
-            sampling_sigmas(formulation, sampler, steps)  # an unknown name, or steps the sampler cannot take
-        except ValueError as e:
-            raise TinydiffError(str(e)) from None
-        if not 0 <= self.eta <= 1:
-            raise TinydiffError(f"--eta must be in [0, 1], got {self.eta}")
+    def plan(self, ckpt: Checkpoint, **changes) -> SamplingPlan:
+        """The plan for these flags (with `changes` to the request) on the checkpoint's model, every flag checked
+        before anything is loaded."""
         if self.batch_size is not None and self.batch_size < 1:
             raise TinydiffError("--n and --batch-size must be at least 1")
-        return replace(self, sampler=sampler, steps=steps, w=w, w_max_sigma=self.resolve_max_sigma(ckpt))
+        return plan_for(ckpt, replace(self.request, **changes))
 
-    def resolve_max_sigma(self, ckpt: Checkpoint) -> float:
-        """--w-max-sigma checked, or the model's own; inf for a distilled student, which learned its teacher's
-        guidance and applies it at every step."""
-        if not (self.w_max_sigma is None or self.w_max_sigma > 0):  # also refuses nan
-            raise TinydiffError(f"--w-max-sigma must be positive (inf: guidance at every step), got {self.w_max_sigma}")
-        if ckpt.distilled is not None:
-            if self.w_max_sigma not in (None, math.inf):
-                raise TinydiffError("--w-max-sigma does not apply to a distilled model: it learned its teacher's "
-                                    "guidance, interval included; leave the flag out")
-            return math.inf
-        return default_max_sigma(ckpt.config) if self.w_max_sigma is None else self.w_max_sigma
+
+def plan_for(ckpt: Checkpoint, request: SamplingRequest = SamplingRequest()) -> SamplingPlan:
+    """`plan_sampling` for a checkpoint, from its config alone."""
+    return plan_sampling(ckpt.config.diffusion.formulation(), ckpt.config, ckpt.distilled, request)
 
 
 def open_checkpoint(checkpoint: Path | None) -> Checkpoint:
@@ -101,12 +69,9 @@ def open_checkpoint(checkpoint: Path | None) -> Checkpoint:
     return load_checkpoint(checkpoint or find_latest_checkpoint("runs"))
 
 
-def load_pipeline(ckpt: Checkpoint, device: str = "auto", weights: str = "ema",
-                  w_max_sigma: float | None = None) -> Pipeline:
-    """The checkpoint's model on the chosen device, guiding at sigma_t <= w_max_sigma (None: the model's own)."""
-    pipe = Pipeline.from_checkpoint(ckpt, device=pick_device(device), weights=weights)
-    pipe.w_max_sigma = w_max_sigma
-    return pipe
+def load_pipeline(ckpt: Checkpoint, device: str = "auto", weights: str = "ema") -> Pipeline:
+    """The checkpoint's model on the chosen device."""
+    return Pipeline.from_checkpoint(ckpt, device=pick_device(device), weights=weights)
 
 
 def parse_digit(digit: str, class_names) -> str | int | None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 from rich.table import Table
 
 from ..classifier import get_classifier
-from ..compare import Plan, compare_samplers, speedup
+from ..compare import Entry, compare_samplers, speedup
 from ..data import load_dataset_of
 from ..device import describe
 from ..errors import TinydiffError
@@ -19,7 +18,9 @@ from ..figures import frontier_chart, image_table
 from ..config import DISCRETE_OBJECTIVES
 from ..diffusion.sampling import FULL_GRID_ONLY, SAMPLERS
 from ..ui import console, err_console, where
-from .common import SamplingOptions, check_at_most_max_images, check_output, load_pipeline, open_checkpoint, parse_digit, source_of
+from ..sampling.plan import SamplingRequest
+from .common import (SamplingOptions, check_at_most_max_images, check_output, load_pipeline, open_checkpoint, parse_digit,
+                     plan_for, source_of)
 
 
 MAX_STEPS = 1000  # for a continuous formulation (edm, flow), which has no T
@@ -56,31 +57,29 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     cfg, discrete = ckpt.config, ckpt.config.diffusion.objective in DISCRETE_OBJECTIVES
     T = cfg.diffusion.timesteps if discrete else MAX_STEPS
     names, counts = parse_samplers(samplers), parse_steps(steps, T)
-    w_given = options.w is not None
-    options = options.resolve(ckpt)  # eta, w and the batch size, checked (w filled in) before anything is loaded
     if ckpt.distilled is not None:
         raise TinydiffError(f"{ckpt.json_path} is a distilled model; pass its teacher as --checkpoint "
                             f"({ckpt.distilled.teacher}) and the distilled model with --distilled")
     students = [open_checkpoint(path) for path in distilled]
-    ranges = [(s.distilled.w_min, s.distilled.w_max) for s in students if s.distilled is not None]
-    if ranges and not w_given:  # the teacher's own w, moved into the range every student learned
-        low, high = max(r[0] for r in ranges), min(r[1] for r in ranges)
-        options = replace(options, w=min(max(options.w, low), high)) if low <= high else options
     for student in students:
         if student.distilled is None:
             raise TinydiffError(f"--distilled {student.json_path} is not a distilled model (from `tinydiff distill`)")
         if student.data != ckpt.data:
             raise TinydiffError(f"--distilled {student.json_path} was trained on other data than {ckpt.json_path}")
-        student.distilled.check(student.distilled.sampler, student.distilled.steps, options.w, options.eta)
+    own = options.plan(ckpt)  # eta, w, the interval and the batch size, checked before anything is loaded
+    w = options.w if options.w is not None else shared_w(own.w, students)
+    # the baseline: DDPM over all T for a discrete schedule; else the first sampler at the first step count
+    requests = ([{"sampler": "ddpm"}] if discrete else []) + [{"sampler": s, "steps": c} for s in names for c in counts]
+    teacher_plans = [options.plan(ckpt, w=w, **r) for r in requests]
+    student_plans = [plan_for(student, SamplingRequest(eta=options.eta, w=w)) for student in students]
     check_at_most_max_images(n)
     if n < 2 or show < 1:
         raise TinydiffError("--n must be at least 2 and --show at least 1")
     choice = parse_digit(digit, ckpt.data.class_names)
     check_output(out, plot)
-    pipe = load_pipeline(ckpt, device, w_max_sigma=options.w_max_sigma)
-    # the baseline: DDPM over all T for a discrete schedule; else the first sampler at the first step count
-    plans = (([Plan(pipe, "ddpm")] if discrete else []) + [Plan(pipe, name, count) for name in names for count in counts]
-             + [Plan(load_pipeline(student, device)) for student in students])
+    pipe = load_pipeline(ckpt, device)
+    entries = ([Entry(pipe, plan) for plan in teacher_plans]
+               + [Entry(load_pipeline(student, device), plan) for student, plan in zip(students, student_plans)])
     labels = pipe.labels(choice, n)
     scorer = None
     if evaluate and not ckpt.data.labelled:
@@ -89,10 +88,11 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
     elif evaluate:
         data = load_dataset_of(cfg.data, data_dir, trained_on=ckpt.data)
         scorer = Scorer(get_classifier(data, data_dir or cfg.data.data_dir, log=log.print), data)
-    w, eta, seed = options.w, options.eta, options.seed
-    log.print(f"comparing samplers on {n} images from {source_of(ckpt)}, {options.guidance}, {describe(pipe.device)}")
-    runs = compare_samplers(plans, labels, scorer=scorer, on_start=lambda name: log.print(f"  sampling {name} ..."),
-                            w=w, eta=eta, seed=seed, batch_size=options.batch_size)
+    eta, seed = options.eta, options.seed
+    log.print(f"comparing samplers on {n} images from {source_of(ckpt)}, {teacher_plans[0].guidance}, "
+              f"{describe(pipe.device)}")
+    runs = compare_samplers(entries, labels, seed=seed, batch_size=options.batch_size, scorer=scorer,
+                            on_start=lambda name: log.print(f"  sampling {name} ..."))
     rows = min(show, n)
     image_table([(f"{r.name}\n{r.seconds_per_image * 1000:.0f} ms/img", r.images[:rows]) for r in runs], out,
                 row_labels=[pipe.class_names[lbl] if lbl < pipe.num_classes else "-" for lbl in labels[:rows]],
@@ -102,13 +102,22 @@ def run_compare(*, checkpoint: Path | None, samplers: str | None, steps: str, di
         frontier_chart(results, plot, title=f"{ckpt.json_path.parent.name}: FID at N = {n}, w = {w:g}, "
                                              f"real-data floor {results[0]['fid_real_floor']:.2f}")
     if as_json:
-        max_sigma = None if options.w_max_sigma == math.inf else options.w_max_sigma
+        max_sigma = None if own.max_sigma == math.inf else own.max_sigma
         print(json.dumps({"n": n, "w": w, "w_max_sigma": max_sigma, "eta": eta, "seed": seed, "checkpoint": str(ckpt.json_path),
                           "grid": str(out), "plot": str(plot) if scorer and plot else None, "samplers": results},
                          indent=2))
         return
     console.print(results_table(results, n))
     console.print(f"grid -> {where(out)}" + (f"; FID against evaluations and time -> {where(plot)}" if scorer and plot else ""))
+
+
+def shared_w(own: float, students) -> float:
+    """The teacher's own w, moved into the range every student learned (when the ranges overlap)."""
+    ranges = [(s.distilled.w_min, s.distilled.w_max) for s in students]
+    if not ranges:
+        return own
+    low, high = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    return min(max(own, low), high) if low <= high else own
 
 
 def summary_row(run, baseline) -> dict:

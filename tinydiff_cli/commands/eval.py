@@ -19,6 +19,7 @@ from ..errors import TinydiffError
 from ..evaluation import Score, Scorer
 from ..ui import console, err_console, print_key_values
 from ..checkpoint import Checkpoint
+from ..sampling.plan import SamplingPlan
 from .common import SamplingOptions, check_at_most_max_images, load_pipeline, open_checkpoint, parse_digit, source_of
 
 
@@ -74,27 +75,27 @@ def check_labels(path: Path, labels: torch.Tensor | None, num_classes: int) -> N
 
 
 def check_sampling(ckpt: Checkpoint, *, digit: str, n: int, options: SamplingOptions):
-    """The flags checked against the checkpoint, before anything is loaded: -> (class choice, resolved options)."""
+    """The flags checked against the checkpoint, before anything is loaded: -> (class choice, sampling plan)."""
     check_at_most_max_images(n)
     choice = parse_digit(digit, ckpt.data.class_names)
     if n < 2:
         raise TinydiffError("--n must be at least 2: FID needs two samples or more")
-    return choice, options.resolve(ckpt)
+    return choice, options.plan(ckpt)
 
 
-def sample_for_eval(ckpt: Checkpoint, *, choice, n: int, options: SamplingOptions, device: str, out_console):
+def sample_for_eval(ckpt: Checkpoint, *, choice, n: int, plan: SamplingPlan, options: SamplingOptions, device: str,
+                    out_console):
     """-> uint8 images, labels and what to report about how they were drawn."""
-    pipe = load_pipeline(ckpt, device, w_max_sigma=options.w_max_sigma)
+    pipe = load_pipeline(ckpt, device)
     labels = pipe.labels(choice, n)
-    sampler = pipe.describe_sampler(options.sampler, options.steps)
-    out_console.print(f"sampling {n} images from {source_of(ckpt)} with {sampler}, {options.guidance} "
+    out_console.print(f"sampling {n} images from {source_of(ckpt)} with {plan.label}, {plan.guidance} "
                       f"on {describe(pipe.device)}")
     start = time.perf_counter()
-    images = pipe.sample(labels, **options.sample_kwargs())
+    images = pipe.sample(labels, plan, seed=options.seed, batch_size=options.batch_size)
     seconds = time.perf_counter() - start
     return to_uint8(images), labels, {"checkpoint": str(ckpt.json_path), "step": ckpt.step,
-                                      "sampler": sampler, "eta": options.eta, "w": options.w,
-                                      "w_max_sigma": None if options.w_max_sigma == math.inf else options.w_max_sigma,
+                                      "sampler": plan.label, "eta": plan.eta, "w": plan.w,
+                                      "w_max_sigma": None if plan.max_sigma == math.inf else plan.max_sigma,
                                       "seed": options.seed,
                                       "sampling_seconds": round(seconds, 2)}
 
@@ -112,7 +113,7 @@ def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, 
         if builtin:
             check_same_shape(npz_shape(images), (1, MNIST_SIZE, MNIST_SIZE), dataset or "mnist", npz)
     else:
-        choice, options = check_sampling(ckpt, digit=digit, n=n, options=options)
+        choice, plan = check_sampling(ckpt, digit=digit, n=n, options=options)
         check_scorable(ckpt.data)
     # with --json, stdout carries only the JSON: what torchvision prints while downloading goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
@@ -128,7 +129,7 @@ def run_eval(*, checkpoint: Path | None, npz: Path | None, dataset: str | None, 
             check_labels(npz, labels, data.info.num_classes)
         classifier = get_classifier(data, data_dir or (ckpt and ckpt.config.data.data_dir), log=out_console.print)
     if npz is None:
-        images, labels, extra = sample_for_eval(ckpt, choice=choice, n=n, options=options, device=device,
+        images, labels, extra = sample_for_eval(ckpt, choice=choice, n=n, plan=plan, options=options, device=device,
                                                 out_console=out_console)
     score = Scorer(classifier, data).score(images, labels)
     score.extra = {"dataset": data.info.dataset, **extra}

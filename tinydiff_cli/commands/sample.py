@@ -26,21 +26,22 @@ def run_sample(*, checkpoint: Path | None, digit: str, n: int, options: Sampling
     choice = parse_digit(digit, ckpt.data.class_names)
     if n < 1:
         raise TinydiffError("--n and --batch-size must be at least 1")
-    options = options.resolve(ckpt)
+    plan = options.plan(ckpt)
     check_output(out, npz)
-    pipe = load_pipeline(ckpt, device, weights, options.w_max_sigma)
+    pipe = load_pipeline(ckpt, device, weights)
     precision = resolve_precision(precision, pipe.device)
     pipe.model = prepare(pipe.model, precision, compile)
     labels = pipe.labels(choice, n)
     console.print(f"checkpoint {ckpt.json_path} (step {ckpt.step}, {'EMA' if weights == 'ema' else 'raw'} weights); "
-                  f"{pipe.describe_sampler(options.sampler, options.steps, options.eta)}, {options.guidance}, device {describe(pipe.device)}, "
+                  f"{plan.description}, {plan.guidance}, device {describe(pipe.device)}, "
                   f"{precision}" + (", compiled" if compile else ""))
 
     batches = math.ceil(n / (options.batch_size or default_batch_size(pipe.device)))
     with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("sample", total=batches * (len(pipe.sigmas(options.sampler, options.steps)) - 1))
+        task = bar.add_task("sample", total=batches * plan.steps)
         start = time.perf_counter()
-        images = pipe.sample(labels, **options.sample_kwargs(), callback=lambda info: bar.advance(task))
+        images = pipe.sample(labels, plan, seed=options.seed, batch_size=options.batch_size,
+                             callback=lambda info: bar.advance(task))
         seconds = time.perf_counter() - start
     save_grid(images, out, ncols=pipe.num_classes if choice == "all" and pipe.num_classes else math.ceil(math.sqrt(n)))
     console.print(f"sampled {n} images in {seconds:.2f} s ({format_rate(n, seconds)}); grid -> {where(out)}")

@@ -50,12 +50,11 @@ def run_denoise(*, checkpoint: Path | None, digit: str | None, n: int, options: 
         raise TinydiffError("--n and --batch-size must be at least 1")
     if n > 16:
         raise TinydiffError(f"--n must be at most 16 for an animation, got {n}")
-    options = options.resolve(ckpt)
-    pipe = load_pipeline(ckpt, device, w_max_sigma=options.w_max_sigma)
-    traj = pipe.trajectory(pipe.labels(choice, n), sampler=options.sampler, steps=options.steps, eta=options.eta,
-                           w=options.w, seed=options.seed)
-    sampler = pipe.describe_sampler(options.sampler, options.steps)
+    plan = options.plan(ckpt)
+    pipe = load_pipeline(ckpt, device)
+    traj = pipe.trajectory(pipe.labels(choice, n), plan, seed=options.seed)
+    sampler = plan.label
     what = "unconditional" if choice == "none" or not pipe.num_classes else "classes cycling" if choice == "all" else f"class {pipe.class_names[choice]}"
-    title = f"reverse process, {sampler}, {options.guidance}, {what}: x_t (top) and the model's predicted x_0 (bottom)"
+    title = f"reverse process, {sampler}, {plan.guidance}, {what}: x_t (top) and the model's predicted x_0 (bottom)"
     gif, strip, frames = write_denoise_outputs(traj, out.with_suffix(".gif"), out.with_suffix(".png"), title)
     console.print(f"{sampler} took {traj.seconds:.2f} s; animation ({frames} frames) -> {where(gif)}; strip -> {where(strip)}")
