@@ -4,9 +4,9 @@
 """
 import argparse
 
-from tinydiff_cli.classifier import get_classifier
-from tinydiff_cli.data import load_dataset
-from tinydiff_cli.evaluation import Scorer
+from tinydiff_cli.evaluation.classifier import get_classifier
+from tinydiff_cli.data.load import load_dataset
+from tinydiff_cli.evaluation.scorer import Scorer
 
 
 def main() -> None:

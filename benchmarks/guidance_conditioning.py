@@ -11,7 +11,7 @@ import torch
 
 from tinydiff_cli.diffusion.guidance import cfg_mix
 from tinydiff_cli.diffusion.schedules import make_betas
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 
 def exact_x0(name: str, x: torch.Tensor, output: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,12 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
 from npz_scoring import add_checkpoint_arguments, score_images
-from tinydiff_cli.device import pick_device
+from tinydiff_cli.runtime.device import pick_device
 from tinydiff_cli.diffusion.guidance import guided_denoiser
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 
 def interval_denoiser(pipe: Pipeline, t_lo: int, t_hi: int):

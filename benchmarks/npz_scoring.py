@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinydiff_cli.data import to_uint8
+from tinydiff_cli.data.datasets import to_uint8
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

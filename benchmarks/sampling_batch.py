@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 
 def main(checkpoint: str = "runs/unet-small", repeats: int = 3) -> None:

@@ -10,11 +10,11 @@ import time
 
 import torch
 
-from tinydiff_cli.checkpoint import DataInfo
+from tinydiff_cli.io.checkpoint import DataInfo
 from tinydiff_cli.config import load_config
-from tinydiff_cli.data import CLASS_NAMES
+from tinydiff_cli.data.datasets import CLASS_NAMES
 from tinydiff_cli.models import build_model
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 
 def measure(preset: str, n: int, steps: int, repeats: int = 2) -> float:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from npz_scoring import add_checkpoint_arguments, score_images
-from tinydiff_cli.device import pick_device
+from tinydiff_cli.runtime.device import pick_device
 from tinydiff_cli.diffusion.guidance import guided_denoiser
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 
 def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:

@@ -104,7 +104,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, str]:
 
     from typer.testing import CliRunner
 
-    from tinydiff_cli.cli import app
+    from tinydiff_cli.cli.main import app
 
     os.environ["TINYDIFF_OFFLINE"] = "1"
     root = tmp_path_factory.mktemp("tiny_run")

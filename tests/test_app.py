@@ -11,9 +11,9 @@ optional_module("streamlit")  # .ci/run installs the app extra and requires it (
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tinydiff_cli.app import logic  # noqa: E402
-from tinydiff_cli.cli import app  # noqa: E402
-from tinydiff_cli.commands.app import SCRIPT  # noqa: E402
-from tinydiff_cli.data import to_uint8  # noqa: E402
+from tinydiff_cli.cli.main import app  # noqa: E402
+from tinydiff_cli.cli.viewer import SCRIPT  # noqa: E402
+from tinydiff_cli.data.datasets import to_uint8  # noqa: E402
 
 runner = CliRunner()
 
@@ -140,7 +140,7 @@ def test_a_distilled_model_samples_with_its_own_steps_in_the_app(tiny_run, monke
     assert len(traj.timesteps) == 2
     import torch
 
-    from tinydiff_cli.pipeline import Pipeline
+    from tinydiff_cli.sampling.pipeline import Pipeline
 
     student = Pipeline.from_checkpoint(runs_dir / "tiny-2step")  # the student's own 2 steps, at the slider's w
     diffs = {w_given: (traj.x[-1] - student.sample(torch.tensor([7]), w=w_given, seed=0)).abs().max().item()

@@ -47,7 +47,7 @@ def server(tiny_run, tmp_path_factory):
     binds a free port itself and prints its URL, so no port is picked here first that another process could take.
     Its output goes to a file that a full pipe cannot block."""
     assert missing is None, f"browser test needs {missing}"
-    from tinydiff_cli.commands.app import streamlit_command
+    from tinydiff_cli.cli.viewer import streamlit_command
 
     runs = tiny_run[0].parent
     log = tmp_path_factory.mktemp("server") / "server.log"

@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import pytest
 from typer.testing import CliRunner
 
-from tinydiff_cli.cli import app
+from tinydiff_cli.cli.main import app
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tinydiff_cli import __version__
-from tinydiff_cli.cli import app, normalize_argv
+from tinydiff_cli.cli.main import app, normalize_argv
 
 runner = CliRunner()
 
@@ -224,7 +224,7 @@ def test_normalize_argv_gives_a_bare_resume_its_default():
 
 
 def test_default_run_folders_tell_datasets_apart(tmp_path, monkeypatch):
-    from tinydiff_cli.commands.train import default_run_dir, folder_to_resume
+    from tinydiff_cli.cli.train import default_run_dir, folder_to_resume
     from tinydiff_cli.config import load_config
 
     assert default_run_dir(load_config("unet-small")) == Path("runs/unet-small")
@@ -246,7 +246,7 @@ def test_default_run_folders_tell_datasets_apart(tmp_path, monkeypatch):
 
 
 def test_resume_trains_longer_with_more_minutes_or_a_new_end(tiny_preset, data_dir, tmp_path):
-    from tinydiff_cli.commands.train import resolve_run
+    from tinydiff_cli.cli.train import resolve_run
 
     run = tmp_path / "run"
     result = invoke("train", "--preset", tiny_preset, "--data-dir", data_dir, "--out", run, "--max-steps", "2",

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import TINY_PRESET, make_mnist, synthetic_digits
-from tinydiff_cli.cli import app, normalize_argv
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.cli.main import app, normalize_argv
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 runner = CliRunner()
 
@@ -65,7 +65,7 @@ def npz_images(path):
 
 
 def test_raw_weights_sample_the_training_weights(tiny_run, tmp_path):
-    from tinydiff_cli.data import to_uint8
+    from tinydiff_cli.data.datasets import to_uint8
 
     run, _ = tiny_run
     common = ["sample", "--checkpoint", run, "--n", "4", "--ddim", "3", "--seed", "2", "--device", "cpu"]
@@ -79,7 +79,7 @@ def test_raw_weights_sample_the_training_weights(tiny_run, tmp_path):
 
 
 def test_precision_bf16_through_the_cli(tiny_run, tiny_preset, data_dir, tmp_path):
-    from tinydiff_cli.precision import cpu_has_native_bf16
+    from tinydiff_cli.runtime.precision import cpu_has_native_bf16
 
     run, _ = tiny_run
     common = ["sample", "--checkpoint", run, "--n", "4", "--ddim", "3", "--seed", "2", "--device", "cpu"]
@@ -109,7 +109,7 @@ def test_fashion_mnist_loads_from_its_own_folder_with_its_class_names(tiny_prese
     assert meta["config"]["data"]["dataset"] == "fashion-mnist"
     assert meta["data"]["class_names"][:2] == ["T-shirt/top", "Trouser"] and len(meta["data"]["class_names"]) == 10
     # the images are the IDX file's pixels: its test split scores FID 0 against itself
-    from tinydiff_cli.data import load_split
+    from tinydiff_cli.data.mnist import load_split
 
     test = load_split("fashion-mnist", data, train=False)
     np.testing.assert_array_equal(test.images[:, 0].numpy(), synthetic_digits(64, seed=1)[0])
@@ -176,8 +176,8 @@ model:
 
 
 def test_a_dit_trains_samples_and_exports_through_the_cli(data_dir, tmp_path):
-    from tinydiff_cli.data import to_uint8
-    from tinydiff_cli.export import example_inputs
+    from tinydiff_cli.data.datasets import to_uint8
+    from tinydiff_cli.sampling.export import example_inputs
 
     preset = tmp_path / "dit.yaml"
     preset.write_text(DIT_PRESET)

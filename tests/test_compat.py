@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tinydiff_cli.cli import app
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.cli.main import app
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))

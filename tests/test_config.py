@@ -50,7 +50,8 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 def test_backbones_follow_the_image_size_and_refuse_sizes_they_cannot_take():
-    from tinydiff_cli.config import adapt_to_image_size, validate
+    from tinydiff_cli.models.config import adapt_to_image_size
+    from tinydiff_cli.config import validate
 
     unet = load_config("unet-small").model
     assert adapt_to_image_size(unet, 28) == (unet, [])  # the presets' own size: unchanged

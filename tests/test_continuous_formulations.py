@@ -7,8 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tinydiff_cli.cli import app
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.cli.main import app
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 runner = CliRunner()
 OBJECTIVES = ("edm", "flow")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from tinydiff_cli.cli import app, normalize_argv
+from tinydiff_cli.cli.main import app, normalize_argv
 
 runner = CliRunner()
 
@@ -16,7 +16,7 @@ def invoke(*args):
 
 def test_every_command_that_reads_the_data_finds_it_through_tinydiff_data(tiny_preset, data_dir, tmp_path,
                                                                            monkeypatch):
-    from tinydiff_cli.data import load_split
+    from tinydiff_cli.data.mnist import load_split
 
     test = load_split("mnist", data_dir, train=False)
     npz = tmp_path / "real.npz"

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tinydiff_cli.checkpoint import load_checkpoint, load_model
-from tinydiff_cli.cli import app
+from tinydiff_cli.io.checkpoint import load_checkpoint, load_model
+from tinydiff_cli.cli.main import app
 from tinydiff_cli.diffusion.formulations import make_formulation
-from tinydiff_cli.distill import (Distiller, DistillSettings, ddim_step, plan_stages,
-                                  student_from_teacher, two_step_target)
+from tinydiff_cli.training.distill import (Distiller, DistillSettings, ddim_step, plan_stages, student_from_teacher,
+                                           two_step_target)
 from tinydiff_cli.errors import TinydiffError
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 from test_samplers import exact_gaussian_denoiser
 

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from test_cli_gaps import invoke, runner, train
-from tinydiff_cli.checkpoint import load_checkpoint, load_model
-from tinydiff_cli.cli import app
-from tinydiff_cli.distill import Distiller, DistillSettings, student_from_teacher
-from tinydiff_cli.export import example_inputs
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.io.checkpoint import load_checkpoint, load_model
+from tinydiff_cli.cli.main import app
+from tinydiff_cli.training.distill import Distiller, DistillSettings, student_from_teacher
+from tinydiff_cli.sampling.export import example_inputs
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 # 2 stages (guidance at DDIM-4, then 4 -> 2) of 20 iterations; lr 1e-2 because 20 iterations are all warm-up and
 # cosine decay; no time budget, so the learning rate depends on the iteration alone and a resume can be exact
@@ -104,7 +104,7 @@ def test_stage_one_distils_the_teachers_guidance_interval(tiny_preset, data_dir,
     distiller = Distiller(teacher, settings, tmp_path / "d", "cpu")
     x, sigma, i, labels, w = distiller.batch()
     captured = {}
-    monkeypatch.setattr("tinydiff_cli.distill.F", SimpleNamespace(
+    monkeypatch.setattr("tinydiff_cli.training.distill.F", SimpleNamespace(
         mse_loss=lambda output, target: captured.setdefault("target", target).square().mean()))
     distiller.loss(x, sigma, i, labels, w)
 

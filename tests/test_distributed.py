@@ -13,12 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tinydiff_cli.checkpoint import load_checkpoint
-from tinydiff_cli.cli import app, normalize_argv
+from tinydiff_cli.io.checkpoint import load_checkpoint
+from tinydiff_cli.cli.main import app, normalize_argv
 from tinydiff_cli.config import load_config
-from tinydiff_cli.distributed import Dist
+from tinydiff_cli.runtime.distributed import Dist
 from tinydiff_cli.errors import TinydiffError
-from tinydiff_cli.training import Trainer
+from tinydiff_cli.training.trainer import Trainer
 
 # constant learning rate: a run's learning rate then does not depend on where it was planned to end
 SETTINGS = ["--set", "train.lr_schedule=constant", "--set", "train.sample_rows=0", "--set", "train.eval_images=0",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tinydiff_cli.ema import EMA, ema_decay_at
+from tinydiff_cli.training.ema import EMA, ema_decay_at
 
 
 def test_decay_warms_up_then_caps():

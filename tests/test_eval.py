@@ -7,10 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import synthetic_digits
-from tinydiff_cli.classifier import train_classifier
-from tinydiff_cli.cli import app
-from tinydiff_cli.data import Split
-from tinydiff_cli.metrics import class_histogram, fid_from_features, frechet_distance, gaussian_stats
+from tinydiff_cli.evaluation.classifier import train_classifier
+from tinydiff_cli.cli.main import app
+from tinydiff_cli.data.datasets import Split
+from tinydiff_cli.evaluation.metrics import class_histogram, fid_from_features, frechet_distance, gaussian_stats
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():
@@ -58,7 +58,7 @@ def test_classifier_learns_separable_synthetic_data():
 
 def test_eval_npz_end_to_end(data_dir, tmp_path):
     """The test split scored as if it were samples: FID against itself is 0, accuracy is the classifier's."""
-    from tinydiff_cli.data import load_split
+    from tinydiff_cli.data.mnist import load_split
 
     test = load_split("mnist", data_dir, train=False)
     npz = tmp_path / "samples.npz"
@@ -126,9 +126,9 @@ def test_train_eval_every_logs_fid_and_accuracy(tiny_preset, data_dir, tmp_path)
 def test_the_floor_says_on_how_many_images_it_stands_when_the_split_is_smaller_than_n():
     """With N above the training split, the floor is all of the split against the test split (not N), and the
     score and `tinydiff eval`'s row say so."""
-    from tinydiff_cli.commands.eval import floor_label
-    from tinydiff_cli.data import DataInfo, Dataset
-    from tinydiff_cli.evaluation import Scorer
+    from tinydiff_cli.cli.eval import floor_label
+    from tinydiff_cli.data.datasets import DataInfo, Dataset
+    from tinydiff_cli.evaluation.scorer import Scorer
 
     class PixelFeatures:  # the features are the pixels themselves: the floor is then a Frechet distance of pixels
         test_accuracy = 1.0

@@ -11,10 +11,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY_PRESET, make_mnist, optional_module
-from tinydiff_cli.cli import app
-from tinydiff_cli.data import load_dataset, load_split
+from tinydiff_cli.cli.main import app
+from tinydiff_cli.data.load import load_dataset
+from tinydiff_cli.data.mnist import load_split
 from tinydiff_cli.errors import TinydiffError
-from tinydiff_cli.folders import load_folder, scan
+from tinydiff_cli.data.folders import load_folder, scan
 
 runner = CliRunner()
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}
@@ -206,7 +207,7 @@ def test_an_rgb_folder_trains_samples_and_exports(rgb_run, tmp_path):
     t, labels = np.array([10, 40]), np.array([0, 3])  # 3: the null class of a 3-class model
     out = session.run(None, {"x_t": x, "t": t, "labels": labels})[0]
     assert out.shape == (2, 3, 32, 32)
-    from tinydiff_cli.pipeline import Pipeline
+    from tinydiff_cli.sampling.pipeline import Pipeline
 
     model = Pipeline.from_checkpoint(run).model  # the EMA weights, which export writes
     with torch.no_grad():
@@ -229,7 +230,7 @@ def test_the_viewer_draws_an_rgb_model(rgb_run, monkeypatch, tmp_path):
     optional_module("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from tinydiff_cli.commands.app import SCRIPT
+    from tinydiff_cli.cli.viewer import SCRIPT
 
     run, _, _ = rgb_run
     monkeypatch.setenv("TINYDIFF_APP_RUNS", str(run.parent))

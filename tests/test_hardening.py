@@ -17,8 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_mnist
-from tinydiff_cli.checkpoint import load_checkpoint
-from tinydiff_cli.cli import app, normalize_argv
+from tinydiff_cli.io.checkpoint import load_checkpoint
+from tinydiff_cli.cli.main import app, normalize_argv
 from tinydiff_cli.config import load_config
 from tinydiff_cli.errors import TinydiffError
 
@@ -42,7 +42,7 @@ class Quiet:
 
 
 def tiny_trainer(data_dir, out, *overrides):
-    import tinydiff_cli.training as training
+    import tinydiff_cli.training.trainer as training
 
     cfg = load_config("unet-small", overrides=[
         "model.base_channels=8", "model.channel_mults=[1, 2]", "model.attn_resolutions=[]", "model.groups=4",
@@ -131,7 +131,7 @@ def test_a_run_folder_that_disappears_mid_run_is_made_again_with_last_saved(data
 
 # ---- numbers -------------------------------------------------------------------------------------------------------
 def test_a_nan_loss_stops_at_that_step_and_nothing_non_finite_is_kept(data_dir, tmp_path, monkeypatch):
-    import tinydiff_cli.training as training
+    import tinydiff_cli.training.trainer as training
 
     real_loss, calls = training.diffusion_loss, []
 
@@ -243,7 +243,7 @@ def test_a_live_run_refuses_a_second_trainer_sigterm_saves_and_a_killed_run_leav
 
 @pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)])
 def test_ctrl_c_and_sigterm_ask_for_a_stop_and_a_second_signal_aborts_at_once(data_dir, tmp_path, first, second):
-    from tinydiff_cli.loop import stop_on_signals
+    from tinydiff_cli.training.loop import stop_on_signals
 
     def before_int(signum, frame): pass
     def before_term(signum, frame): pass
@@ -342,8 +342,8 @@ def test_eval_never_unpickles_and_checks_npz_headers_before_loading(tmp_path):
 
 # ---- caches --------------------------------------------------------------------------------------------------------
 def test_a_half_written_or_damaged_classifier_cache_is_trained_again(tmp_path):
-    from tinydiff_cli.classifier import classifier_path, get_classifier
-    from tinydiff_cli.data import load_dataset
+    from tinydiff_cli.evaluation.classifier import classifier_path, get_classifier
+    from tinydiff_cli.data.load import load_dataset
 
     data_dir = make_mnist(tmp_path / "data", n_train=128)  # one batch per epoch: the classifier trains in seconds
     data = load_dataset("mnist", data_dir)

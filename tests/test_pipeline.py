@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tinydiff_cli.checkpoint import DataInfo
+from tinydiff_cli.io.checkpoint import DataInfo
 from tinydiff_cli.config import Config, TrainConfig
-from tinydiff_cli.pipeline import Pipeline, labels_for
+from tinydiff_cli.sampling.pipeline import Pipeline, labels_for
 from tinydiff_cli.sampling.plan import SamplingRequest, plan_sampling
 
 
@@ -112,7 +112,7 @@ REFERENCES = {"ddpm": (reference_ddpm, None, list(range(49, -1, -1))),
 def test_every_registered_sampler_runs_through_sample_as_its_paper_says(pipe):
     from typer.testing import CliRunner
 
-    from tinydiff_cli.cli import app
+    from tinydiff_cli.cli.main import app
 
     # the registry as the CLI lists it: a sampler registered without a reference here fails this test
     refused = CliRunner().invoke(app, ["sample", "--sampler", "no-such-sampler"])
@@ -164,7 +164,7 @@ def test_data_info_defaults_for_old_or_partial_metadata():
 def test_the_default_sampler_is_the_measured_one_and_the_cli_says_so(pipe):
     import typing
 
-    from tinydiff_cli.cli import SamplerOption, StepsOption
+    from tinydiff_cli.cli.options import SamplerOption, StepsOption
     from tinydiff_cli.diffusion.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS
 
     plan = lambda *a, **k: (pipe.plan(*a, **k).sampler, pipe.plan(*a, **k).steps)  # noqa: E731
@@ -176,7 +176,7 @@ def test_the_default_sampler_is_the_measured_one_and_the_cli_says_so(pipe):
 
 
 def test_default_guidance_is_the_models_sample_w_inside_a_students_range(pipe):
-    from tinydiff_cli.checkpoint import DistillInfo
+    from tinydiff_cli.io.checkpoint import DistillInfo
 
     assert pipe.plan().w == pipe.checkpoint.config.train.sample_w == 1.0
     labels = pipe.labels("all", 4)  # without w, sample and trajectory guide at the model's own weight, as the CLI does

@@ -6,11 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tinydiff_cli.cli import app
+from tinydiff_cli.cli.main import app
 from tinydiff_cli.config import load_config
 from tinydiff_cli.errors import TinydiffError
 from tinydiff_cli.models import build_model
-from tinydiff_cli.precision import Autocast, cpu_has_native_bf16, prepare, resolve_precision
+from tinydiff_cli.runtime.precision import Autocast, cpu_has_native_bf16, prepare, resolve_precision
 
 
 def test_auto_is_fp32_on_a_cpu_and_slow_precisions_are_refused():
@@ -52,7 +52,7 @@ def test_autocast_runs_in_bf16_and_returns_float32():
 
 def test_fp16_training_steps_with_a_grad_scaler_and_stops_when_it_keeps_overflowing(data_dir, tmp_path, monkeypatch):
     """The engine takes fp16 on a CPU too (the CLI refuses it there as slow), which lets the scaler path run here."""
-    import tinydiff_cli.training as training
+    import tinydiff_cli.training.trainer as training
 
     cfg = load_config("unet-small", ["model.base_channels=8", "model.channel_mults=[1, 2]", "model.groups=4",
                                      "model.attn_resolutions=[]", "diffusion.timesteps=50", "train.batch_size=32",

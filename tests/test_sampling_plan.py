@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tinydiff_cli.checkpoint import DistillInfo
+from tinydiff_cli.io.checkpoint import DistillInfo
 from tinydiff_cli.config import Config, DiffusionConfig, TrainConfig
 from tinydiff_cli.diffusion.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS
 from tinydiff_cli.errors import TinydiffError
@@ -88,8 +88,8 @@ def test_a_student_samples_as_it_was_distilled_at_a_w_inside_its_range():
 
 
 def test_pipeline_draws_with_the_plan_and_nothing_else(tiny_run):
-    from tinydiff_cli.commands.common import SamplingOptions, load_pipeline, plan_for
-    from tinydiff_cli.pipeline import Pipeline
+    from tinydiff_cli.cli.common import SamplingOptions, load_pipeline, plan_for
+    from tinydiff_cli.sampling.pipeline import Pipeline
 
     ckpt_path, _ = tiny_run
     pipe = Pipeline.from_checkpoint(ckpt_path)

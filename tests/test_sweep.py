@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tinydiff_cli.cli import app
+from tinydiff_cli.cli.main import app
 
 SWEEP = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from tinydiff_cli.cli import app, normalize_argv
+from tinydiff_cli.cli.main import app, normalize_argv
 from tinydiff_cli.config import config_from_dict, load_config, used_settings, validate
-from tinydiff_cli.ui import format_rate
+from tinydiff_cli.cli.ui import format_rate
 
 runner = CliRunner()
 
@@ -97,7 +97,7 @@ def test_used_settings_read_back_to_the_same_config(preset):
 def test_ctrl_c_during_a_slow_preview_skips_it_at_once_and_keeps_last(monkeypatch, data_dir, tmp_path, grid,
                                                                       max_steps, stop_reason):
     """On a busy machine the preview after the last step took 45 s, and Ctrl-C waited for it and then wrote it."""
-    import tinydiff_cli.training as training
+    import tinydiff_cli.training.trainer as training
 
     finished = []
 

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from tinydiff_cli.checkpoint import load_checkpoint
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.io.checkpoint import load_checkpoint
+from tinydiff_cli.sampling.pipeline import Pipeline
 from tinydiff_cli.config import load_config
 from tinydiff_cli.errors import TinydiffError
-from tinydiff_cli.loop import Budget, LRSchedule
-from tinydiff_cli.training import Trainer, lr_schedule
+from tinydiff_cli.training.loop import Budget, LRSchedule
+from tinydiff_cli.training.trainer import Trainer, lr_schedule
 
 
 class Quiet:

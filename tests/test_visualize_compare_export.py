@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from conftest import optional_module, synthetic_digits
 from pixels import axes_frames, curve_height, framed_images, grid_images
 
-from tinydiff_cli.cli import app
-from tinydiff_cli.export import example_inputs
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.cli.main import app
+from tinydiff_cli.sampling.export import example_inputs
+from tinydiff_cli.sampling.pipeline import Pipeline
 
 runner = CliRunner()
 
@@ -83,7 +83,7 @@ def test_visualize_schedule_draws_the_linear_alpha_bar(tmp_path):
 
 
 def test_visualize_denoise_gif_and_strip_show_the_sample(run_dir, tmp_path):
-    from tinydiff_cli.data import to_uint8
+    from tinydiff_cli.data.datasets import to_uint8
 
     result = invoke("visualize", "denoise", "--checkpoint", run_dir, "--digit", "4", "--n", "2", "--ddim", "5",
                     "--out", tmp_path / "den")
@@ -217,7 +217,7 @@ def test_readme_engine_examples_run_and_give_what_they_say(run_dir, tmp_path):
     section = readme[readme.index("## Using the engine from Python"):readme.index("## Tests")]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2
-    from tinydiff_cli.data import to_uint8
+    from tinydiff_cli.data.datasets import to_uint8
 
     scope = {}
     exec(blocks[0].replace('"runs/unet-small"', repr(str(run_dir))), scope)

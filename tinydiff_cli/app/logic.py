@@ -11,13 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import FORMAT, MODEL_FORMAT
-from ..data import to_uint8
-from ..errors import TinydiffError
-from ..images import encode_gif, trajectory_frames, upscale
-from ..pipeline import Pipeline, Trajectory
+from ..io.checkpoint import FORMAT, MODEL_FORMAT
+from ..data.datasets import to_uint8
+from ..io.images import encode_gif, trajectory_frames, upscale
+from ..sampling.pipeline import Pipeline, Trajectory
 from ..diffusion.sampling import FULL_GRID_ONLY, sampler_options
-from ..visualize import frames_with_result, pick_frames
+from ..sampling.visualize import frames_with_result, pick_frames
 
 model_forward_calls = 0  # counts denoiser forwards in this process; the tests check that scrubbing adds none
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import streamlit as st
 
 from tinydiff_cli.app import logic
-from tinydiff_cli.cli import GUIDANCE_HELP
+from tinydiff_cli.cli.options import GUIDANCE_HELP
 from tinydiff_cli.errors import TinydiffError
-from tinydiff_cli.pipeline import Pipeline
+from tinydiff_cli.sampling.pipeline import Pipeline
 from tinydiff_cli.diffusion.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
 RUNS = Path(os.environ.get("TINYDIFF_APP_RUNS", "runs"))

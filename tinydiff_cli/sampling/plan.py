@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..checkpoint import DistillInfo
+from ..io.checkpoint import DistillInfo
 from ..config import Config
 from ..diffusion.formulations import Formulation
 from ..diffusion.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, sampler_label, sampler_options, sampling_sigmas
