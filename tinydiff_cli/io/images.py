@@ -2,22 +2,34 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import imageio.v3 as iio
 import torch
+import torch.nn.functional as F
 
 from .atomic import atomic_path
 
 
 def grid_array(images: torch.Tensor, ncols: int, scale: int = 1, padding: int = 2) -> torch.Tensor:
     """float (B, C, H, W) in [-1, 1] -> uint8 (rows*(H+p)+p, cols*(W+p)+p) for grey images, with a last axis of 3
-    for RGB; image i at row i // ncols."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=ncols, padding=padding, pad_value=0.5)
-    grid = (grid * 255).round().to(torch.uint8)  # make_grid gives (3, H', W'), grey repeated
-    grid = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)
+    for RGB; image i at row i // ncols, grey (128) between them. The layout of torchvision's make_grid (at most B
+    columns; one image alone unpadded), written out: importing torchvision costs a sampling run 1 s (it imports
+    torch._dynamo)."""
+    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    n, c, h, w = x.shape
+    if n == 1:
+        grid = x[0]
+    else:
+        cols = min(ncols, n)
+        rows = math.ceil(n / cols)
+        x = torch.cat([x, x.new_full((rows * cols - n, c, h, w), 0.5)])
+        x = F.pad(x, (padding, 0, padding, 0), value=0.5)  # each image's top and left border
+        grid = x.reshape(rows, cols, c, h + padding, w + padding).permute(2, 0, 3, 1, 4)
+        grid = F.pad(grid.reshape(c, rows * (h + padding), cols * (w + padding)), (0, padding, 0, padding), value=0.5)
+    grid = (grid * 255).round().to(torch.uint8)
+    grid = grid[0] if c == 1 else grid.permute(1, 2, 0)
     if scale > 1:  # nearest-neighbour, so pixels stay crisp
         grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     return grid
