@@ -190,8 +190,12 @@ class Pipeline:
         """Noise at the grid's first sigma, of the formulation's prior_std (N(0, I) as a VP model sees it)."""
         return torch.randn((n, *self.image_shape), device=self.device, generator=generator) * self.formulation.prior_std()
 
-    def _run(self, labels: torch.Tensor, x: torch.Tensor, plan: SamplingPlan, generator, callback) -> torch.Tensor:
-        return check_sampler(plan.sampler)(self.denoiser(labels, plan.w, plan.max_sigma), x, plan.sigmas.to(self.device), generator=generator,
+    def _run(self, labels: torch.Tensor, x: torch.Tensor, plan: SamplingPlan, sigmas: torch.Tensor, generator,
+             callback) -> torch.Tensor:
+        """One batch under `plan`, walking `sigmas` (the plan's grid, moved to the model's device once per call of
+        sample or trajectory)."""
+        denoise = self.denoiser(labels, plan.w, plan.max_sigma)
+        return check_sampler(plan.sampler)(denoise, x, sigmas, generator=generator,
                                            callback=callback, **plan.options())
 
     def _plan(self, plan: SamplingPlan | None, request: dict) -> SamplingPlan:
@@ -211,13 +215,14 @@ class Pipeline:
         from the same noise, whatever the batch size. `callback` gets each step's dict (see samplers).
         """
         plan = self._plan(plan, request)
+        sigmas = plan.sigmas.to(self.device)
         batch_size = batch_size or default_batch_size(self.device)
         generator = make_generator(seed, self.device)
         noise = self.initial_noise(labels.shape[0], generator)
         out = []
         for start in range(0, labels.shape[0], batch_size):
             stop = start + batch_size
-            out.append(self._run(labels[start:stop], noise[start:stop], plan, generator, callback).cpu())
+            out.append(self._run(labels[start:stop], noise[start:stop], plan, sigmas, generator, callback).cpu())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -236,7 +241,7 @@ class Pipeline:
             predictions.append(info["x0"].cpu())
 
         start = time.perf_counter()
-        self._run(labels, x, plan, generator, record)
+        self._run(labels, x, plan, sigmas.to(self.device), generator, record)
         seconds = time.perf_counter() - start
         timesteps = None if plan.timesteps is None else list(plan.timesteps)
         return Trajectory(sigmas[:-1].tolist(), timesteps, torch.stack(frames), torch.stack(predictions),
